@@ -1,0 +1,115 @@
+"""Up-front validation of run configs: one clear line per mistake.
+
+Every check runs before any data is generated or anything is compiled, and
+the error names the field, the allowed values and what was given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+from fedjax_mm import client as client_lib
+from fedjax_mm import schedules
+from fedjax_mm.data import federated
+from fedjax_mm.server import fedopt
+from fedjax_mm.simulation import round as round_lib
+
+DATASETS = ("synthetic",)
+WEIGHTINGS = ("num_examples", "uniform", "custom")
+
+
+class ConfigError(ValueError):
+  """An invalid config field; the message names the field and allowed values."""
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> Any:
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{path}: missing (required field)")
+    node = node[part]
+  return node
+
+
+def _one_of(config, path: str, allowed: Sequence[str]) -> None:
+  value = _get(config, path)
+  if value not in allowed:
+    raise ConfigError(f"config.{path}: must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _number(config, path: str, ok: Callable[[float], bool], rule: str,
+            integer: bool = False) -> None:
+  value = _get(config, path)
+  kinds = (int,) if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kinds) or not ok(value):
+    kind = "an integer" if integer else "a number"
+    raise ConfigError(f"config.{path}: must be {kind} {rule}, got {value!r}")
+
+
+def _schedule(config, prefix: str) -> None:
+  _one_of(config, f"{prefix}.schedule", schedules.SCHEDULES)
+  _number(config, f"{prefix}.learning_rate", lambda v: v > 0, "> 0")
+  _number(config, f"{prefix}.warmup_rounds", lambda v: v >= 0, ">= 0", integer=True)
+  _number(config, f"{prefix}.decay_rate", lambda v: v > 0, "> 0")
+  _number(config, f"{prefix}.step_rounds", lambda v: v >= 0, ">= 0", integer=True)
+  _number(config, f"{prefix}.end_value", lambda v: v >= 0, ">= 0")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` on the first invalid field."""
+  _number(config, "seed", lambda v: v >= 0, ">= 0", integer=True)
+  _number(config, "num_rounds", lambda v: v >= 1, ">= 1", integer=True)
+  _one_of(config, "data.name", DATASETS)
+  _number(config, "data.num_clients", lambda v: v >= 1, ">= 1", integer=True)
+  k = _get(config, "data.num_clients")
+  _number(config, "clients_per_round", lambda v: 1 <= v <= k,
+          f"in [1, data.num_clients={k}]", integer=True)
+  _number(config, "chunk_size", lambda v: v >= 0, ">= 0 (0 = whole cohort)", integer=True)
+  _number(config, "num_devices", lambda v: v >= 0, ">= 0 (0 = all devices)", integer=True)
+  _one_of(config, "sampling", round_lib.SAMPLINGS)
+  if config.data.name == "synthetic":
+    _number(config, "data.alpha", lambda v: v >= 0, ">= 0")
+    _number(config, "data.beta", lambda v: v >= 0, ">= 0")
+    _number(config, "data.num_features", lambda v: v >= 1, ">= 1", integer=True)
+    _number(config, "data.num_classes", lambda v: v >= 2, ">= 2", integer=True)
+    _number(config, "data.size_sigma", lambda v: v >= 0, ">= 0")
+    _number(config, "data.min_size", lambda v: v >= 2, ">= 2 (a train and a test row)",
+            integer=True)
+    _number(config, "data.max_size", lambda v: v >= config.data.min_size,
+            f">= data.min_size={config.data.min_size}", integer=True)
+  _number(config, "data.test_fraction", lambda v: 0 < v < 1, "in (0, 1)")
+  _one_of(config, "local.mode", federated.LOCAL_MODES)
+  _number(config, "local.num_steps", lambda v: v >= 1, ">= 1", integer=True)
+  _number(config, "local.batch_size", lambda v: v >= 1, ">= 1", integer=True)
+  _number(config, "local.num_epochs", lambda v: v >= 1, ">= 1", integer=True)
+  _one_of(config, "client.optimizer", client_lib.CLIENT_OPTIMIZERS)
+  _number(config, "client.momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+  _schedule(config, "client")
+  _one_of(config, "server.optimizer", fedopt.SERVER_OPTIMIZERS)
+  _one_of(config, "server.convention", fedopt.CONVENTIONS)
+  _number(config, "server.momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+  for name in ("b1", "b2"):
+    if _get(config, f"server.{name}") is not None:
+      _number(config, f"server.{name}", lambda v: 0 <= v < 1, "in [0, 1) or unset")
+  for name in ("tau", "initial_v"):
+    if _get(config, f"server.{name}") is not None:
+      _number(config, f"server.{name}", lambda v: v >= 0, ">= 0 or unset")
+  if _get(config, "server.bias_correction") is not None:
+    _one_of(config, "server.bias_correction", fedopt.BIAS_CORRECTIONS)
+  if _get(config, "server.tau_placement") is not None:
+    _one_of(config, "server.tau_placement", fedopt.TAU_PLACEMENTS)
+  _schedule(config, "server")
+  _one_of(config, "aggregation.weighting", WEIGHTINGS)
+  if config.aggregation.weighting == "custom":
+    path = _get(config, "aggregation.custom_weights_path")
+    if not path or not os.path.isfile(path):
+      raise ConfigError("config.aggregation.custom_weights_path: must name an existing "
+                        f".npy file of [data.num_clients] weights, got {path!r}")
+  _number(config, "eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)", integer=True)
+  _number(config, "eval_batch_size", lambda v: v >= 1, ">= 1", integer=True)
+  _number(config, "checkpoint.every", lambda v: v >= 0, ">= 0 (0 = only at the end)",
+          integer=True)
+  _number(config, "checkpoint.max_to_keep", lambda v: v >= 1, ">= 1", integer=True)

@@ -1,0 +1,176 @@
+"""Packed federated datasets: a population of K clients with no Python objects.
+
+All clients' examples live in flat arrays sorted by client (leading axis N);
+client k owns rows ``offsets[k] : offsets[k] + sizes[k]``. Building, splitting
+and gathering are vectorized (no Python loop over clients), so a population of
+100,000 ragged clients costs what its arrays cost.
+
+Cohort sampling is a pure function of ``(key, round)``; the cohort gather turns
+ragged clients into fixed ``[C, S, B]`` index plans with masks, so the round
+function never retraces whatever the clients' sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from fedjax_mm.data import permutation
+
+LOCAL_MODES = ("steps", "epochs")
+
+
+@struct.dataclass
+class FederatedData:
+  """A packed population of clients.
+
+  Attributes:
+    examples: dict of arrays with a leading axis N, rows grouped by client.
+    offsets: ``[K]`` int32, first row of each client.
+    sizes: ``[K]`` int32, number of rows of each client (may be 0).
+  """
+
+  examples: Mapping[str, jax.Array]
+  offsets: jax.Array
+  sizes: jax.Array
+
+  @property
+  def num_clients(self) -> int:
+    return int(self.sizes.shape[0])
+
+  @property
+  def num_examples(self) -> int:
+    return int(jax.tree.leaves(self.examples)[0].shape[0])
+
+
+def pack(examples: Mapping[str, np.ndarray], client_ids: np.ndarray,
+         num_clients: int) -> FederatedData:
+  """Packs examples labelled with their owner into a :class:`FederatedData`.
+
+  Args:
+    examples: dict of arrays with leading axis N (host numpy).
+    client_ids: ``[N]`` owner of each example, in ``[0, num_clients)``.
+    num_clients: K; clients that own nothing get size 0.
+
+  Returns:
+    The packed dataset (numpy leaves; move it with ``jax.device_put``).
+  """
+  client_ids = np.asarray(client_ids)
+  if client_ids.size and (client_ids.min() < 0 or client_ids.max() >= num_clients):
+    raise ValueError(f"client_ids must lie in [0, {num_clients})")
+  order = np.argsort(client_ids, kind="stable")
+  sizes = np.bincount(client_ids, minlength=num_clients).astype(np.int32)
+  offsets = (np.cumsum(sizes) - sizes).astype(np.int32)
+  return FederatedData(
+      examples={k: np.asarray(v)[order] for k, v in examples.items()},
+      offsets=offsets, sizes=sizes)
+
+
+def example_owners(data: FederatedData) -> np.ndarray:
+  """``[N]`` client id of every row (host numpy)."""
+  return np.repeat(np.arange(data.num_clients, dtype=np.int32),
+                   np.asarray(data.sizes))
+
+
+def split_by_position(data: FederatedData, first_fraction: float
+                      ) -> tuple[FederatedData, FederatedData]:
+  """Splits every client's rows: the first ``ceil(f * n)`` rows go left.
+
+  Rows within a client are assumed to be in random order already (generators
+  shuffle); a client with at least 2 rows keeps at least one row on each side.
+  """
+  sizes = np.asarray(data.sizes).astype(np.int64)
+  left = np.ceil(first_fraction * sizes).astype(np.int64)
+  left = np.where(sizes >= 2, np.clip(left, 1, sizes - 1), sizes)
+  owners = example_owners(data)
+  position = np.arange(owners.size) - np.asarray(data.offsets)[owners]
+  is_left = position < left[owners]
+
+  def take(rows: np.ndarray, new_sizes: np.ndarray) -> FederatedData:
+    new_sizes = new_sizes.astype(np.int32)
+    return FederatedData(
+        examples={k: np.asarray(v)[rows] for k, v in data.examples.items()},
+        offsets=(np.cumsum(new_sizes) - new_sizes).astype(np.int32),
+        sizes=new_sizes)
+
+  return take(is_left, left), take(~is_left, sizes - left)
+
+
+def sample_cohort(key: jax.Array, num_clients: int, cohort_size: int,
+                  weights: jax.Array | None = None) -> jax.Array:
+  """Samples ``cohort_size`` distinct client ids, a pure function of ``key``.
+
+  Args:
+    key: the round's sampling key (``fold_in(root, round)`` derived).
+    num_clients: K.
+    cohort_size: C <= K.
+    weights: optional ``[K]`` non-negative sampling weights (e.g. sizes);
+      uniform when None. Sampling is without replacement (Gumbel top-k).
+
+  Returns:
+    ``[C]`` int32 client ids.
+  """
+  if weights is None:
+    ids = jax.random.choice(key, num_clients, (cohort_size,), replace=False)
+  else:
+    p = weights / jnp.sum(weights)
+    ids = jax.random.choice(key, num_clients, (cohort_size,), replace=False, p=p)
+  return ids.astype(jnp.int32)
+
+
+class LocalSchedule(NamedTuple):
+  """How many local steps a client takes over which of its examples.
+
+  Attributes:
+    mode: ``"steps"``: exactly ``num_steps`` steps of ``min(batch_size, n)``
+      examples each, streaming through reshuffled passes over the client's
+      data. ``"epochs"``: ``num_epochs`` passes of ``ceil(n / batch_size)``
+      steps each (last batch of a pass partial), capped at ``num_steps``.
+    num_steps: S, the static number of step slots.
+    batch_size: B, the static batch size.
+    num_epochs: passes in ``"epochs"`` mode (ignored in ``"steps"`` mode).
+  """
+
+  mode: str
+  num_steps: int
+  batch_size: int
+  num_epochs: int = 1
+
+
+def client_plan(size: jax.Array, key: jax.Array, schedule: LocalSchedule
+                ) -> tuple[jax.Array, jax.Array]:
+  """One client's local data plan: which of its rows fill each batch slot.
+
+  Args:
+    size: scalar number of rows the client holds (n).
+    key: the client's data-order key; each pass gets a fresh permutation.
+    schedule: static :class:`LocalSchedule`.
+
+  Returns:
+    ``(positions [S, B] int32, mask [S, B] bool)``; positions index the
+    client's own rows (add its offset); masked slots are padding and hold a
+    valid dummy position 0.
+  """
+  S, B = schedule.num_steps, schedule.batch_size
+  n = jnp.maximum(size, 1)
+  step = jnp.arange(S, dtype=jnp.int32)[:, None]
+  slot = jnp.arange(B, dtype=jnp.int32)[None, :]
+  if schedule.mode == "steps":
+    width = jnp.minimum(B, n)            # a small client uses all its rows
+    stream = step * width + slot          # position in the endless stream
+    epoch, within = stream // n, stream % n
+    mask = jnp.broadcast_to((slot < width) & (size > 0), (S, B))
+  elif schedule.mode == "epochs":
+    steps_per_epoch = (n + B - 1) // B
+    epoch, within = step // steps_per_epoch, (step % steps_per_epoch) * B + slot
+    mask = (within < n) & (epoch < schedule.num_epochs) & (size > 0)
+  else:
+    raise ValueError(f"schedule.mode must be one of {LOCAL_MODES}, got {schedule.mode!r}")
+  # A fresh permutation of the client's rows for every pass over them.
+  keys = permutation.pass_keys(permutation.round_keys(key), epoch)
+  perm = permutation.permute(within, n, keys)
+  return jnp.where(mask, perm, 0), mask

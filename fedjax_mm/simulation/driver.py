@@ -1,0 +1,190 @@
+"""The training driver: config in, a run directory out.
+
+Reads top to bottom: validate the config; build data, model, optimizers and
+the jitted round; restore the latest checkpoint if the workdir has one; run
+rounds with a progress bar, evaluating and checkpointing as configured; write
+``metrics.jsonl``, ``summary.json`` and the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from fedjax_mm import checkpoint as checkpoint_lib
+from fedjax_mm import client as client_lib
+from fedjax_mm import configuration, evaluation, metrics as metrics_lib, schedules
+from fedjax_mm.data import federated, synthetic
+from fedjax_mm.models import logreg
+from fedjax_mm.server import fedopt
+from fedjax_mm.simulation import mesh as mesh_lib
+from fedjax_mm.simulation import population
+from fedjax_mm.simulation import round as round_lib
+from fedjax_mm.types import Task
+
+
+class NonFiniteError(RuntimeError):
+  """The global model's training loss became NaN/Inf."""
+
+
+def build_data(config: ml_collections.ConfigDict
+               ) -> tuple[federated.FederatedData, federated.FederatedData]:
+  """``(train, test)`` packed populations from ``config.data``."""
+  d = config.data
+  data = synthetic.generate(
+      config.seed, d.num_clients, alpha=d.alpha, beta=d.beta, iid=d.iid,
+      num_features=d.num_features, num_classes=d.num_classes,
+      size_mean=d.size_mean, size_sigma=d.size_sigma, min_size=d.min_size,
+      max_size=d.max_size)
+  return federated.split_by_position(data, 1.0 - d.test_fraction)
+
+
+def build_task(config: ml_collections.ConfigDict) -> Task:
+  return logreg.task(config.data.num_features, config.data.num_classes)
+
+
+def _schedule(section: ml_collections.ConfigDict, num_rounds: int):
+  return schedules.make_schedule(
+      section.schedule, section.learning_rate, num_rounds=num_rounds,
+      warmup_rounds=section.warmup_rounds, decay_rate=section.decay_rate,
+      end_value=section.end_value, step_rounds=section.step_rounds)
+
+
+def build_server_optimizer(config: ml_collections.ConfigDict):
+  s = config.server
+  return fedopt.make_server_optimizer(
+      s.optimizer, learning_rate=_schedule(s, config.num_rounds),
+      momentum=s.momentum if s.optimizer == "fedavgm" else 0.0,
+      b1=s.b1, b2=s.b2, tau=s.tau, convention=s.convention,
+      bias_correction=s.bias_correction, tau_placement=s.tau_placement,
+      initial_v=s.initial_v)
+
+
+def aggregation_weights(config: ml_collections.ConfigDict,
+                        train: federated.FederatedData) -> np.ndarray:
+  """``[K]`` aggregation weights by ``config.aggregation.weighting``."""
+  weighting = config.aggregation.weighting
+  if weighting == "num_examples":
+    return np.asarray(train.sizes, np.float32)
+  if weighting == "uniform":
+    return np.ones((train.num_clients,), np.float32)
+  weights = np.load(config.aggregation.custom_weights_path).astype(np.float32)
+  if weights.shape != (train.num_clients,) or np.any(weights < 0):
+    raise configuration.ConfigError(
+        "config.aggregation.custom_weights_path: must hold non-negative weights of shape "
+        f"[{train.num_clients}], got shape {weights.shape}")
+  return weights
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) a federated training run in ``workdir``.
+
+  Returns:
+    The summary also written to ``workdir/summary.json``.
+  """
+  # --- Config: all checks before any compute. -------------------------------
+  configuration.validate(config)
+  if config.num_devices > jax.device_count():
+    raise configuration.ConfigError(
+        f"config.num_devices: must be <= {jax.device_count()} (devices present), "
+        f"got {config.num_devices}")
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # --- Data, model, optimizers, the compiled round. --------------------------
+  started = time.perf_counter()
+  train, test = build_data(config)
+  task = build_task(config)
+  mesh = mesh_lib.make_client_mesh(config.num_devices)
+  server_tx = build_server_optimizer(config)
+  spec = round_lib.RoundSpec(
+      num_clients=config.data.num_clients, cohort_size=config.clients_per_round,
+      chunk_size=config.chunk_size, sampling=config.sampling,
+      schedule=federated.LocalSchedule(config.local.mode, config.local.num_steps,
+                                       config.local.batch_size, config.local.num_epochs))
+  state_rule = population.participation_stats()
+  round_fn = jax.jit(round_lib.build_round_fn(
+      task, spec, server_tx,
+      client_lib.make_client_optimizer(config.client.optimizer,
+                                       momentum=config.client.momentum),
+      _schedule(config.client, config.num_rounds), mesh=mesh, state_rule=state_rule),
+      donate_argnums=(0, 1))
+  eval_fn = jax.jit(evaluation.build_eval_fn(task, test, config.eval_batch_size))
+  agg_weights = mesh_lib.put_replicated(aggregation_weights(config, train), mesh)
+  sample_weights = mesh_lib.put_replicated(np.asarray(train.sizes, np.float32), mesh)
+  train_dev = mesh_lib.put_replicated(train, mesh)
+  test_dev = mesh_lib.put_replicated(test, mesh)
+
+  # --- Initial state, or the latest checkpoint. ------------------------------
+  run_state = mesh_lib.put_replicated({
+      "server": round_lib.init_server_state(task, server_tx, config.seed),
+      "population": population.init_population(state_rule, config.data.num_clients),
+  }, mesh)
+  history: list[dict[str, Any]] = []
+  ckpt = checkpoint_lib.Checkpointer(
+      workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+      save_interval_steps=config.checkpoint.every or config.num_rounds,
+      async_save=config.checkpoint.async_save)
+  start_round = 0
+  if ckpt.latest_step() is not None:
+    run_state, meta = ckpt.restore(None, checkpoint_lib.abstract_like(run_state))
+    history = list(meta["history"])
+    start_round = int(run_state["server"].round)
+  metrics_lib.rewrite(workdir, history)
+
+  def evaluate(trainable) -> dict[str, float]:
+    return evaluation.summarize(jax.device_get(eval_fn(trainable, test_dev)))
+
+  # --- Rounds. ----------------------------------------------------------------
+  bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not progress,
+                  desc="rounds", unit="round", dynamic_ncols=True)
+  train_seconds = 0.0
+  for r in range(start_round, config.num_rounds):
+    tick = time.perf_counter()
+    server, pop, round_metrics = round_fn(
+        run_state["server"], run_state["population"], train_dev, agg_weights,
+        sample_weights)
+    run_state = {"server": server, "population": pop}
+    record = {"round": r + 1, **metrics_lib.to_python(jax.device_get(round_metrics))}
+    train_seconds += time.perf_counter() - tick
+    if not np.isfinite(record["train_loss"]):
+      raise NonFiniteError(
+          f"round {r + 1}: training loss is {record['train_loss']} "
+          f"({record['num_nonfinite_clients']} clients excluded for NaN/Inf); "
+          "lower client.learning_rate or server.learning_rate")
+    is_last = r + 1 == config.num_rounds
+    if is_last or (config.eval_every and (r + 1) % config.eval_every == 0):
+      record.update({f"eval_{k}": v for k, v in evaluate(server.trainable).items()})
+    history.append(record)
+    metrics_lib.append(workdir, record)
+    ckpt.save(r + 1, run_state, {"history": history}, force=is_last)
+    bar.set_postfix({k: f"{record[k]:.4g}" for k in
+                     ("train_loss", "eval_accuracy") if k in record})
+    bar.update(1)
+  bar.close()
+  ckpt.close()
+
+  # --- Summary. -----------------------------------------------------------------
+  final = history[-1] if history else {}
+  pop = jax.device_get(run_state["population"])
+  summary = {
+      "rounds": config.num_rounds,
+      "resumed_from_round": start_round,
+      "final": final,
+      "best_eval_accuracy": max((h.get("eval_accuracy", 0.0) for h in history), default=0.0),
+      "clients_ever_sampled": int(np.sum(np.asarray(pop.participations) > 0)),
+      "nonfinite_updates_total": int(np.sum(pop.nonfinite_updates)),
+      "wall_seconds": time.perf_counter() - started,
+      "round_seconds_this_run": train_seconds,
+      "devices": jax.device_count(),
+  }
+  metrics_lib.write_summary(workdir, summary)
+  return summary

@@ -1,0 +1,91 @@
+"""Per-client persistent state for a whole population, stored as ``[K, ...]``.
+
+State that must survive between a client's participations (SCAFFOLD control
+variates, error-feedback residuals, personal parameters, participation
+statistics) lives in one pytree whose leaves have a leading population axis K.
+Each round gathers the cohort's rows and scatters the updated rows back; no
+per-client Python object exists.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_mm.types import ClientResult, PyTree
+
+
+class ClientStateRule(NamedTuple):
+  """How one client's persistent state is created and updated.
+
+  Attributes:
+    init: ``() -> one client's state`` (leaves without the K axis).
+    update: ``(client_state, result, round) -> new client_state``, run inside
+      the vmapped client computation after local training.
+  """
+
+  init: Callable[[], PyTree]
+  update: Callable[[PyTree, ClientResult, jax.Array], PyTree]
+
+
+def init_population(rule: ClientStateRule, num_clients: int) -> PyTree:
+  """Broadcasts one client's initial state to ``[K, ...]``."""
+  return jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (num_clients,) + jnp.shape(x)).copy(), rule.init())
+
+
+def gather(population_state: PyTree, ids: jax.Array) -> PyTree:
+  """Rows ``ids`` of every leaf: ``[C, ...]``."""
+  return jax.tree.map(lambda x: x[ids], population_state)
+
+
+def scatter(population_state: PyTree, ids: jax.Array, rows: PyTree,
+            valid: jax.Array) -> PyTree:
+  """Writes ``rows`` back at ``ids``; rows with ``valid == False`` are dropped.
+
+  Cohort ids are distinct, so the write is a well-defined permutation.
+  """
+  num_clients = jax.tree.leaves(population_state)[0].shape[0]
+  target = jnp.where(valid, ids, num_clients)  # out of range -> dropped
+  return jax.tree.map(lambda x, r: x.at[target].set(r, mode="drop"),
+                      population_state, rows)
+
+
+@struct.dataclass
+class ParticipationStats:
+  """Per-client bookkeeping kept by default for every run.
+
+  Attributes:
+    participations: rounds the client was sampled in.
+    last_round: last round it took part in (-1 if never).
+    last_loss: its mean local training loss then (NaN if never).
+    nonfinite_updates: updates of this client excluded for NaN/Inf.
+  """
+
+  participations: jax.Array
+  last_round: jax.Array
+  last_loss: jax.Array
+  nonfinite_updates: jax.Array
+
+
+def participation_stats() -> ClientStateRule:
+  """The default :class:`ClientStateRule`: participation bookkeeping."""
+
+  def init() -> ParticipationStats:
+    return ParticipationStats(
+        participations=jnp.zeros((), jnp.int32), last_round=jnp.full((), -1, jnp.int32),
+        last_loss=jnp.full((), jnp.nan, jnp.float32),
+        nonfinite_updates=jnp.zeros((), jnp.int32))
+
+  def update(state: ParticipationStats, result: ClientResult, round_: jax.Array):
+    mean_loss = result.loss_sum / jnp.maximum(result.num_steps, 1).astype(jnp.float32)
+    return ParticipationStats(
+        participations=state.participations + 1,
+        last_round=round_.astype(jnp.int32),
+        last_loss=jnp.where(result.is_finite, mean_loss, jnp.nan).astype(jnp.float32),
+        nonfinite_updates=state.nonfinite_updates + (~result.is_finite).astype(jnp.int32))
+
+  return ClientStateRule(init, update)

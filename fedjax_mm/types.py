@@ -1,0 +1,88 @@
+"""Core conventions, aliases and containers shared by every module.
+
+Shape letters used in names where a shape is not obvious:
+  C clients in the cohort, S local steps, B local batch, K population size,
+  N examples in a packed dataset, F features, P parameters.
+
+Sign convention: a client returns ``delta = global_params - local_params`` (a
+pseudo-gradient, same sign as a gradient). The server feeds the aggregated
+delta to an optax transform and applies it with ``optax.apply_updates``, so
+FedAvg is exactly ``optax.sgd(1.0)`` on the weighted mean delta.
+
+Frozen vs trainable: a model's parameters are two separate pytrees. Only the
+``trainable`` tree is ever differentiated, carried per client, put in optimizer
+state or aggregated; the ``frozen`` tree is a shared input (``in_axes=None``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import optax
+from flax import struct
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+# (trainable, frozen, batch) -> per-example loss [B].
+PerExampleLossFn = Callable[[PyTree, PyTree, Batch], jax.Array]
+# (trainable, frozen, batch) -> {metric name: per-example value [B]}.
+PerExampleMetricsFn = Callable[[PyTree, PyTree, Batch], Mapping[str, jax.Array]]
+
+
+class Task(NamedTuple):
+  """What the simulator trains: a model's pure functions and frozen weights.
+
+  Attributes:
+    init_trainable: ``key -> trainable params`` (the only part that learns).
+    frozen: frozen parameters, shared by every client (may be an empty dict).
+    per_example_loss: ``(trainable, frozen, batch) -> [B]`` training loss.
+    per_example_metrics: ``(trainable, frozen, batch) -> {name: [B]}`` for
+      evaluation; must contain ``'loss'`` and ``'accuracy'``.
+  """
+
+  init_trainable: Callable[[jax.Array], PyTree]
+  frozen: PyTree
+  per_example_loss: PerExampleLossFn
+  per_example_metrics: PerExampleMetricsFn
+
+
+@struct.dataclass
+class ServerState:
+  """Everything the server carries from one round to the next.
+
+  Attributes:
+    round: int32 scalar, number of completed rounds.
+    trainable: the global trainable parameters.
+    opt_state: state of the server optax transform.
+    rng: root PRNG key of the run; round keys are ``fold_in(rng, round)``.
+    extras: algorithm-specific server state (e.g. control variates); ``()``
+      when the algorithm has none.
+  """
+
+  round: jax.Array
+  trainable: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  extras: PyTree = ()
+
+
+@struct.dataclass
+class ClientResult:
+  """What one client sends back after local training.
+
+  Attributes:
+    delta: ``global - local`` trainable parameters.
+    weight: aggregation weight (0 for padding clients and excluded updates).
+    num_examples: examples the client holds for training.
+    loss_sum: sum over valid local steps of the step's mean loss.
+    num_steps: local steps actually taken (padded steps excluded).
+    is_finite: False when the update had a NaN/Inf and was excluded.
+  """
+
+  delta: PyTree
+  weight: jax.Array
+  num_examples: jax.Array
+  loss_sum: jax.Array
+  num_steps: jax.Array
+  is_finite: jax.Array
