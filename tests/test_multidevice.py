@@ -1,0 +1,25 @@
+"""1 device = 8 virtual CPU devices (in its own process: XLA_FLAGS must be set
+before JAX starts)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_one_device_equals_eight_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  worker = Path(__file__).with_name("multidevice_worker.py")
+  proc = subprocess.run([sys.executable, str(worker)], env=env, capture_output=True,
+                        text=True, timeout=600, cwd=Path(__file__).parents[1])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+  for n in ("2", "8"):
+    assert out[n]["max_rel_diff"] <= 1e-6, out
+    assert out[n]["loss_diff"] <= 1e-6, out
+    assert out[n]["participations_equal"], out
+    # The clients axis really is sharded: the weighted sum crosses devices.
+    assert out[n]["has_cross_device_reduction"], out
