@@ -66,8 +66,9 @@ def main() -> None:
                  "client_acc_mean": final["eval_client_accuracy_mean"],
                  "client_acc_worst10%": final["eval_client_accuracy_worst10"],
                  "best_test_acc": summary["best_eval_accuracy"],
-                 "s/round": summary["round_seconds_this_run"] / max(
-                     args.rounds - summary["resumed_from_round"], 1)})
+                 # A run directory that was already complete is only re-read.
+                 "s/round": (summary["round_seconds_this_run"] / args.rounds
+                             if summary["resumed_from_round"] == 0 else float("nan"))})
 
   table = metrics.format_table(rows, list(rows[0]))
   (workdir / "results.md").write_text(

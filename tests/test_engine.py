@@ -176,3 +176,38 @@ def test_nonfinite_client_is_excluded_and_counted(train):
   weights = train.sizes.astype(jnp.float32).at[poisoned_client].set(0.0)
   clean, _, _ = _run(_jit_round, spec, train, tx, rounds=2, weights=weights)
   _assert_trees_close(state.trainable, clean.trainable)
+
+
+def test_client_learning_rate_schedule_is_indexed_by_round(train):
+  schedule = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.5)
+  spec = _spec(cohort=5)
+  fn = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
+                                        client_lib.make_client_optimizer("sgd"), schedule))
+  state = round_lib.init_server_state(TASK, optax.sgd(1.0), seed=0)
+  pop = population.init_population(population.participation_stats(), K)
+  for r in range(3):
+    before = state.trainable
+    state, pop, metrics = fn(state, pop, train, train.sizes.astype(jnp.float32), None)
+    np.testing.assert_allclose(float(metrics["client_lr"]), 0.2 * 0.5**r, rtol=1e-6)
+  # The last round's update is the one a constant lr of schedule(2) gives.
+  const = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
+                                           client_lib.make_client_optimizer("sgd"), 0.05))
+  replay, _, _ = const(state.replace(round=state.round - 1, trainable=before), pop, train,
+                       train.sizes.astype(jnp.float32), None)
+  _assert_trees_close(replay.trainable, state.trainable)
+
+
+def test_uniform_weighting_is_unweighted_mean_of_client_deltas(train):
+  spec = _spec(cohort=K, mode="epochs", steps=1, batch=int(np.max(train.sizes)))
+  state, _, _ = _run(_jit_round, spec, train, optax.sgd(1.0), rounds=1, client_lr=0.5,
+                     weights=jnp.ones((K,), jnp.float32))
+  params0 = TASK.init_trainable(jax.random.key(0))
+
+  def client_loss(params, k):
+    rows = slice(int(train.offsets[k]), int(train.offsets[k] + train.sizes[k]))
+    batch = jax.tree.map(lambda a: a[rows], train.examples)
+    return jnp.mean(TASK.per_example_loss(params, {}, batch))
+
+  grads = [jax.grad(client_loss)(params0, k) for k in range(K)]
+  expected = jax.tree.map(lambda p, *g: p - 0.5 * np.mean(np.stack(g), 0), params0, *grads)
+  _assert_trees_close(state.trainable, expected, rtol=1e-5, atol=1e-6)
