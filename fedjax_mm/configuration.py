@@ -102,6 +102,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if _get(config, "server.tau_placement") is not None:
     _one_of(config, "server.tau_placement", fedopt.TAU_PLACEMENTS)
   _schedule(config, "server")
+  try:  # Options can conflict only once resolved against the convention.
+    s = config.server
+    fedopt.make_server_optimizer(
+        s.optimizer, learning_rate=s.learning_rate,
+        momentum=s.momentum if s.optimizer == "fedavgm" else 0.0, b1=s.b1, b2=s.b2,
+        tau=s.tau, convention=s.convention, bias_correction=s.bias_correction,
+        tau_placement=s.tau_placement, initial_v=s.initial_v)
+  except ValueError as e:
+    raise ConfigError(f"config.server: {e}") from None
   _one_of(config, "aggregation.weighting", WEIGHTINGS)
   if config.aggregation.weighting == "custom":
     path = _get(config, "aggregation.custom_weights_path")

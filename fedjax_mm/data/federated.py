@@ -84,7 +84,8 @@ def split_by_position(data: FederatedData, first_fraction: float
   shuffle); a client with at least 2 rows keeps at least one row on each side.
   """
   sizes = np.asarray(data.sizes).astype(np.int64)
-  left = np.ceil(first_fraction * sizes).astype(np.int64)
+  # Round first: 0.07 * 100 is 7.000000000000001 in floating point.
+  left = np.ceil(np.round(first_fraction * sizes, 9)).astype(np.int64)
   left = np.where(sizes >= 2, np.clip(left, 1, sizes - 1), sizes)
   owners = example_owners(data)
   position = np.arange(owners.size) - np.asarray(data.offsets)[owners]

@@ -7,8 +7,8 @@ Per client k (as in the authors' public data scripts): ``u_k ~ N(0, alpha)``
 ``Sigma_jj = (j + 1) ** -1.2`` and labels ``y = argmax(x W_k + b_k)``. Client
 sizes are ``int(lognormal(mean, sigma)) + min_size`` (FedProx: 4, 2, 50).
 ``N(m, s)`` follows the scripts' ``np.random.normal(m, s)``: s is the standard
-deviation. Synthetic-IID (``iid=True``) shares one W, b (``N(0, 1)``) and one
-feature mean ``v ~ N(0, 1)`` across clients.
+deviation. Synthetic-IID (``iid=True``) shares one W, b (``N(0, 1)``) across clients,
+with feature mean 0 (the scripts' IID setting has beta = 0).
 
 Extension for scaling studies: any population size K (the paper has 30) and a
 cap on client sizes, so 100,000 clients stay in memory.
@@ -64,7 +64,9 @@ def generate(seed: int, num_clients: int, *, alpha: float = 1.0,
   if iid:
     shared_w = rng.normal(0, 1, (num_features, num_classes))
     shared_b = rng.normal(0, 1, num_classes)
-    shared_v = rng.normal(0, 1, num_features)
+    # FedProx's IID script runs with beta = 0: the feature mean is all zeros
+    # (a random shared mean would let x W swamp b and give one label to all).
+    shared_v = np.zeros(num_features)
   xs, ys = [], []
   ends = np.cumsum(sizes, dtype=np.int64)
   boundaries = np.unique(np.concatenate([

@@ -1,0 +1,250 @@
+"""Tests for fedjax_mm.configuration.validate and the configs/synthetic.py presets."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+
+import ml_collections
+import numpy as np
+import pytest
+
+from fedjax_mm import client as client_lib
+from fedjax_mm import configuration
+from fedjax_mm import schedules
+from fedjax_mm.data import federated
+from fedjax_mm.server import fedopt
+from fedjax_mm.simulation import round as round_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_config_module():
+  spec = importlib.util.spec_from_file_location(
+      "synthetic_config", REPO_ROOT / "configs" / "synthetic.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_CFG = _load_config_module()
+
+
+def _base(arg=None) -> ml_collections.ConfigDict:
+  return _CFG.get_config(arg)
+
+
+def _set(path: str, value, ignore_type: bool = False):
+  """A mutator that sets ``config.<path> = value``."""
+  def mutate(config):
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if ignore_type:
+      with node.ignore_type():
+        setattr(node, leaf, value)
+    else:
+      setattr(node, leaf, value)
+  return mutate
+
+
+def _tuple_text(values) -> str:
+  return re.escape(str(tuple(values)))
+
+
+# (id, mutator, field path named in the message, regex the message must match)
+_BAD = [
+    ("cohort_gt_population", _set("clients_per_round", 31), "clients_per_round",
+     r"an integer in \[1, data\.num_clients=30\], got 31"),
+    ("cohort_zero", _set("clients_per_round", 0), "clients_per_round",
+     r"in \[1, data\.num_clients=30\], got 0"),
+    ("client_lr_negative", _set("client.learning_rate", -0.1), "client.learning_rate",
+     r"a number > 0, got -0\.1"),
+    ("client_lr_nan", _set("client.learning_rate", float("nan")), "client.learning_rate",
+     r"> 0, got nan"),
+    ("server_lr_zero", _set("server.learning_rate", 0.0), "server.learning_rate",
+     r"a number > 0, got 0\.0"),
+    ("server_optimizer", _set("server.optimizer", "fedsgd"), "server.optimizer",
+     r"must be one of " + _tuple_text(fedopt.SERVER_OPTIMIZERS) + r", got 'fedsgd'"),
+    ("client_optimizer", _set("client.optimizer", "adamw"), "client.optimizer",
+     r"must be one of " + _tuple_text(client_lib.CLIENT_OPTIMIZERS) + r", got 'adamw'"),
+    ("local_mode", _set("local.mode", "rounds"), "local.mode",
+     r"must be one of " + _tuple_text(federated.LOCAL_MODES) + r", got 'rounds'"),
+    ("sampling", _set("sampling", "weighted"), "sampling",
+     r"must be one of " + _tuple_text(round_lib.SAMPLINGS) + r", got 'weighted'"),
+    ("server_convention", _set("server.convention", "pytorch"), "server.convention",
+     r"must be one of " + _tuple_text(fedopt.CONVENTIONS) + r", got 'pytorch'"),
+    ("bias_correction", _set("server.bias_correction", "always"), "server.bias_correction",
+     r"must be one of " + _tuple_text(fedopt.BIAS_CORRECTIONS) + r", got 'always'"),
+    ("tau_placement", _set("server.tau_placement", "middle"), "server.tau_placement",
+     r"must be one of " + _tuple_text(fedopt.TAU_PLACEMENTS) + r", got 'middle'"),
+    ("server_b1_one", _set("server.b1", 1.0), "server.b1",
+     r"in \[0, 1\) or unset, got 1\.0"),
+    ("server_b2_negative", _set("server.b2", -0.5), "server.b2",
+     r"in \[0, 1\) or unset, got -0\.5"),
+    ("server_tau_negative", _set("server.tau", -1e-3), "server.tau",
+     r">= 0 or unset, got -0\.001"),
+    ("server_initial_v_negative", _set("server.initial_v", -1.0), "server.initial_v",
+     r">= 0 or unset, got -1\.0"),
+    ("test_fraction_one", _set("data.test_fraction", 1.0), "data.test_fraction",
+     r"a number in \(0, 1\), got 1\.0"),
+    ("test_fraction_zero", _set("data.test_fraction", 0.0), "data.test_fraction",
+     r"in \(0, 1\), got 0\.0"),
+    ("batch_size_zero", _set("local.batch_size", 0), "local.batch_size",
+     r"an integer >= 1, got 0"),
+    ("num_steps_zero", _set("local.num_steps", 0), "local.num_steps", r">= 1, got 0"),
+    ("num_epochs_zero", _set("local.num_epochs", 0), "local.num_epochs", r">= 1, got 0"),
+    ("custom_weights_without_file", _set("aggregation.weighting", "custom"),
+     "aggregation.custom_weights_path", r"must name an existing \.npy file.*got ''"),
+    ("weighting_unknown", _set("aggregation.weighting", "median"), "aggregation.weighting",
+     r"must be one of \('num_examples', 'uniform', 'custom'\), got 'median'"),
+    ("lr_is_string", _set("client.learning_rate", "0.01", ignore_type=True),
+     "client.learning_rate", r"must be a number > 0, got '0\.01'"),
+    ("batch_size_is_float", _set("local.batch_size", 10.0, ignore_type=True),
+     "local.batch_size", r"must be an integer >= 1, got 10\.0"),
+    ("seed_is_bool", _set("seed", True), "seed", r"must be an integer >= 0, got True"),
+    ("seed_negative", _set("seed", -1), "seed", r">= 0, got -1"),
+    ("num_rounds_zero", _set("num_rounds", 0), "num_rounds", r"an integer >= 1, got 0"),
+    ("dataset_unknown", _set("data.name", "mnist"), "data.name",
+     r"must be one of \('synthetic',\), got 'mnist'"),
+    ("num_classes_one", _set("data.num_classes", 1), "data.num_classes", r">= 2, got 1"),
+    ("alpha_negative", _set("data.alpha", -1.0), "data.alpha", r">= 0, got -1\.0"),
+    ("min_size_one", _set("data.min_size", 1), "data.min_size",
+     r">= 2 \(a train and a test row\), got 1"),
+    ("max_below_min", _set("data.max_size", 10), "data.max_size",
+     r">= data\.min_size=50, got 10"),
+    ("client_momentum_one", _set("client.momentum", 1.0), "client.momentum",
+     r"in \[0, 1\), got 1\.0"),
+    ("server_momentum_negative", _set("server.momentum", -0.1), "server.momentum",
+     r"in \[0, 1\), got -0\.1"),
+    ("client_schedule", _set("client.schedule", "linear"), "client.schedule",
+     r"must be one of " + _tuple_text(schedules.SCHEDULES) + r", got 'linear'"),
+    ("server_decay_rate_zero", _set("server.decay_rate", 0.0), "server.decay_rate",
+     r"> 0, got 0\.0"),
+    ("warmup_negative", _set("client.warmup_rounds", -1), "client.warmup_rounds",
+     r">= 0, got -1"),
+    ("chunk_negative", _set("chunk_size", -2), "chunk_size",
+     r">= 0 \(0 = whole cohort\), got -2"),
+    ("eval_batch_zero", _set("eval_batch_size", 0), "eval_batch_size", r">= 1, got 0"),
+    ("max_to_keep_zero", _set("checkpoint.max_to_keep", 0), "checkpoint.max_to_keep",
+     r">= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("mutate, path, rule", [c[1:] for c in _BAD],
+                         ids=[c[0] for c in _BAD])
+def test_bad_field_raises_config_error_naming_field_and_rule(mutate, path, rule):
+  config = _base()
+  configuration.validate(config)  # the base is valid, so the mutation is the cause
+  mutate(config)
+  with pytest.raises(configuration.ConfigError) as info:
+    configuration.validate(config)
+  message = str(info.value)
+  assert message.startswith(f"config.{path}: "), message
+  assert re.search(rule, message), message
+  assert "\n" not in message
+  assert isinstance(info.value, ValueError)
+
+
+def test_bad_cases_cover_distinct_fields():
+  assert len({c[2] for c in _BAD}) >= 30
+
+
+def test_missing_field_is_named():
+  config = _base()
+  del config.eval_every
+  with pytest.raises(configuration.ConfigError, match=r"^config\.eval_every: missing"):
+    configuration.validate(config)
+  config = _base()
+  del config.server.tau
+  with pytest.raises(configuration.ConfigError, match=r"^config\.server\.tau: missing"):
+    configuration.validate(config)
+
+
+def test_first_invalid_field_is_reported():
+  config = _base()
+  config.seed = -1
+  config.server.optimizer = "nope"
+  with pytest.raises(configuration.ConfigError, match=r"^config\.seed:"):
+    configuration.validate(config)
+
+
+@pytest.mark.parametrize("arg", [None, "", "30", "100", "1000", "10000", "100000"])
+def test_presets_are_valid(arg):
+  config = _base(arg)
+  configuration.validate(config)
+  expected_k = int(arg) if arg else 30
+  assert config.data.num_clients == expected_k
+  assert 1 <= config.clients_per_round <= expected_k
+  # Placeholders are unset, and unset is allowed.
+  for name in ("b1", "b2", "tau", "bias_correction", "tau_placement", "initial_v"):
+    assert config.server[name] is None
+
+
+@pytest.mark.parametrize("arg", ["7", "31", "0"])
+def test_unknown_preset_raises(arg):
+  with pytest.raises(ValueError, match=r"population preset must be one of \[30, 100, "
+                     r"1000, 10000, 100000\], got '" + arg + "'"):
+    _base(arg)
+
+
+def test_non_integer_preset_raises():
+  with pytest.raises(ValueError):
+    _base("many")
+
+
+def test_valid_variations_pass(tmp_path):
+  config = _base()
+  config.server.optimizer = "fedadam"
+  config.server.b1 = 0.0
+  config.server.b2 = 0.999
+  config.server.tau = 1e-3
+  config.server.bias_correction = "from_one"
+  config.server.tau_placement = "corrected"
+  config.server.initial_v = 0.0
+  config.client.learning_rate = 3  # an int is a number
+  config.local.mode = "steps"
+  config.sampling = "size"
+  config.clients_per_round = 30    # the whole population
+  config.data.test_fraction = 0.5
+  config.data.alpha = 0.0
+  config.data.max_size = config.data.min_size
+  config.chunk_size = 0
+  config.eval_every = 0
+  config.client.schedule = "warmup_cosine"
+  configuration.validate(config)
+  weights = tmp_path / "w.npy"
+  np.save(weights, np.ones(30, np.float32))
+  config.aggregation.weighting = "custom"
+  config.aggregation.custom_weights_path = str(weights)
+  configuration.validate(config)
+  config.aggregation.custom_weights_path = str(tmp_path / "missing.npy")
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.aggregation\.custom_weights_path: .*missing\.npy"):
+    configuration.validate(config)
+
+
+def test_every_server_optimizer_and_convention_accepted():
+  for name in fedopt.SERVER_OPTIMIZERS:
+    for convention in fedopt.CONVENTIONS:
+      config = _base()
+      config.server.optimizer = name
+      config.server.convention = convention
+      configuration.validate(config)
+
+
+def test_zero_tau_with_zero_initial_v_is_rejected_by_the_optimizer():
+  # Precondition for the validation test below: the optimizer refuses this setting.
+  with pytest.raises(ValueError, match="tau and initial_v must not both be 0"):
+    fedopt.make_server_optimizer("fedadam", learning_rate=1.0, tau=0.0,
+                                 convention="reddi")
+
+
+def test_zero_tau_and_zero_initial_v_fail_validation():
+  config = _base()
+  config.server.optimizer = "fedadam"
+  config.server.tau = 0.0
+  with pytest.raises(configuration.ConfigError, match=r"config\.server: .*tau and initial_v"):
+    configuration.validate(config)
