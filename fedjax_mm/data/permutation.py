@@ -6,10 +6,11 @@ depend on the largest client. A keyed bijection evaluated only at the
 positions a client actually consumes costs O(steps x batch) instead, is
 jit-friendly (``n`` may be a traced value) and vmaps over clients.
 
-Construction: a balanced Feistel network on ``2h`` bits (the smallest even
-bit width with ``4**h >= n``), made a bijection of ``[0, n)`` by cycle walking
-(re-apply while the image falls outside the range; since ``4**h < 4n`` the
-expected number of walks is below 4).
+Construction: an unbalanced Feistel network on ``b`` bits (the smallest
+width with ``2**b >= n``), made a bijection of ``[0, n)`` by cycle walking
+(re-apply while the image falls outside the range; since ``2**b < 2n`` the
+expected number of walks is below 2). Under ``vmap`` the walk runs until the
+slowest element is in range, so a tight domain matters.
 
 References:
   Luby & Rackoff, "How to construct pseudorandom permutations from
@@ -51,12 +52,17 @@ def pass_keys(keys: jax.Array, pass_index: jax.Array) -> jax.Array:
   return _mix32(keys ^ salt[..., None])
 
 
-def _feistel(x: jax.Array, half_bits: jax.Array, keys: jax.Array) -> jax.Array:
-  mask = (jnp.uint32(1) << half_bits) - jnp.uint32(1)
-  left, right = x >> half_bits, x & mask
+def _feistel(x: jax.Array, high_bits: jax.Array, low_bits: jax.Array,
+             keys: jax.Array) -> jax.Array:
+  # Unbalanced Feistel on high_bits + low_bits bits: each round maps
+  # (hi, lo) -> (lo, hi ^ F(lo)), a bijection whatever the split, and the
+  # halves trade widths every round.
+  a, c = high_bits, low_bits
   for r in range(NUM_ROUNDS):
-    left, right = right, left ^ (_mix32(right ^ keys[..., r]) & mask)
-  return (left << half_bits) | right
+    hi, lo = x >> c, x & ((jnp.uint32(1) << c) - 1)
+    x = (lo << a) | (hi ^ (_mix32(lo ^ keys[..., r]) & ((jnp.uint32(1) << a) - 1)))
+    a, c = c, a
+  return x
 
 
 def permute(index: jax.Array, n: jax.Array, keys: jax.Array) -> jax.Array:
@@ -76,13 +82,11 @@ def permute(index: jax.Array, n: jax.Array, keys: jax.Array) -> jax.Array:
   """
   n = jnp.maximum(jnp.asarray(n, jnp.uint32), 1)
   x = jnp.asarray(index, jnp.uint32) % n
-  # Smallest h with 4**h >= n, at least 1 so both halves are non-empty.
-  bits = 32 - jax.lax.clz(jnp.maximum(n - 1, 1))
-  half_bits = jnp.maximum((bits + 1) // 2, 1).astype(jnp.uint32)
-  y = _feistel(x, half_bits, keys)
-  y = jax.lax.while_loop(
-      lambda y: jnp.any(y >= n),
-      lambda y: jnp.where(y >= n, _feistel(y, half_bits, keys), y),
-      y,
-  )
+  # Smallest b with 2**b >= n (at least 2, so both parts are non-empty):
+  # the domain is below 2n and fewer than half the images need a walk.
+  bits = jnp.maximum(32 - jax.lax.clz(jnp.maximum(n - 1, 1)), 2).astype(jnp.uint32)
+  high, low = bits // 2, bits - bits // 2
+  step = lambda y: _feistel(y, high, low, keys)
+  y = jax.lax.while_loop(lambda y: jnp.any(y >= n),
+                         lambda y: jnp.where(y >= n, step(y), y), step(x))
   return y.astype(jnp.int32)

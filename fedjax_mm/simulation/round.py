@@ -54,7 +54,8 @@ class RoundSpec:
 
   def chunking(self, num_devices: int = 1) -> tuple[int, int]:
     """``(num_chunks, chunk)`` with chunk a multiple of ``num_devices``."""
-    chunk = self.chunk_size or self.cohort_size
+    # Never pad a small cohort up to a large chunk.
+    chunk = min(self.chunk_size or self.cohort_size, self.cohort_size)
     chunk = -(-chunk // num_devices) * num_devices
     return -(-self.cohort_size // chunk), chunk
 
