@@ -64,8 +64,11 @@ def client_init(trainable: PyTree, tx: optax.GradientTransformation) -> ClientCa
 
 def client_step(carry: ClientCarry, batch: Batch, mask: jax.Array, *,
                 loss_fn: PerExampleLossFn, frozen: PyTree,
-                tx: optax.GradientTransformation) -> ClientCarry:
+                tx: optax.GradientTransformation,
+                example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientCarry:
   """One local step; a batch with no valid example leaves the carry unchanged."""
+  if example_mask is not None:
+    mask = mask & example_mask(batch)
   loss, grads = jax.value_and_grad(masked_mean_loss, argnums=1)(
       loss_fn, carry.params, frozen, batch, mask)
   updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
@@ -103,11 +106,13 @@ def client_final(trainable: PyTree, carry: ClientCarry, num_examples: jax.Array,
 
 def train_on_batches(trainable: PyTree, frozen: PyTree, batches: Batch,
                      mask: jax.Array, *, loss_fn: PerExampleLossFn,
-                     tx: optax.GradientTransformation) -> ClientCarry:
+                     tx: optax.GradientTransformation,
+                     example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientCarry:
   """Runs local steps over explicit ``[S, B, ...]`` batches with ``[S, B]`` mask."""
   def body(carry, xs):
     batch, step_mask = xs
-    return client_step(carry, batch, step_mask, loss_fn=loss_fn, frozen=frozen, tx=tx), None
+    return client_step(carry, batch, step_mask, loss_fn=loss_fn, frozen=frozen, tx=tx,
+                       example_mask=example_mask), None
   carry, _ = jax.lax.scan(body, client_init(trainable, tx), (batches, mask))
   return carry
 
@@ -116,7 +121,8 @@ def local_update(trainable: PyTree, frozen: PyTree,
                  examples: Mapping[str, jax.Array], offset: jax.Array,
                  size: jax.Array, key: jax.Array, weight: jax.Array, *,
                  schedule: federated.LocalSchedule, loss_fn: PerExampleLossFn,
-                 tx: optax.GradientTransformation) -> ClientResult:
+                 tx: optax.GradientTransformation,
+                 example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientResult:
   """One client's whole local training on its rows of the packed dataset.
 
   Rows are gathered step by step inside the scan, so memory per client is one
@@ -132,6 +138,7 @@ def local_update(trainable: PyTree, frozen: PyTree,
     schedule: static local schedule.
     loss_fn: per-example loss.
     tx: client optimizer for this round.
+    example_mask: optional per-example trainability (see ``Task``).
 
   Returns:
     The client's :class:`ClientResult`.
@@ -142,7 +149,8 @@ def local_update(trainable: PyTree, frozen: PyTree,
   def body(carry, xs):
     step_rows, step_mask = xs
     batch = jax.tree.map(lambda a: a[step_rows], examples)
-    return client_step(carry, batch, step_mask, loss_fn=loss_fn, frozen=frozen, tx=tx), None
+    return client_step(carry, batch, step_mask, loss_fn=loss_fn, frozen=frozen, tx=tx,
+                       example_mask=example_mask), None
 
   carry, _ = jax.lax.scan(body, client_init(trainable, tx), (rows, mask))
   return client_final(trainable, carry, size, weight)

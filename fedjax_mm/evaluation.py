@@ -29,8 +29,8 @@ def build_eval_fn(task: Task, data: federated.FederatedData, batch_size: int
     batch_size: examples per scanned batch.
 
   Returns:
-    ``eval_fn`` returning ``{'count': [K], 'loss': [K], 'accuracy': [K]}``:
-    sums over each client's examples (divide by count for means).
+    ``eval_fn`` returning ``{'count': [K], name: [K] for every metric of the
+    task}``: sums over each client's examples (divide by count for means).
   """
   num_examples, num_clients = data.num_examples, data.num_clients
   num_batches = max(-(-num_examples // batch_size), 1)
@@ -44,14 +44,16 @@ def build_eval_fn(task: Task, data: federated.FederatedData, batch_size: int
       b, owner = batch_owners
       rows = jnp.minimum(b * batch_size + jnp.arange(batch_size), num_examples - 1)
       batch = jax.tree.map(lambda a: a[rows], data.examples)
-      metrics = task.per_example_metrics(trainable, task.frozen, batch)
-      add = lambda s, v: s + jax.ops.segment_sum(v, owner, num_clients + 1)
-      return {"count": add(sums["count"], jnp.ones((batch_size,), jnp.float32)),
-              "loss": add(sums["loss"], metrics["loss"]),
-              "accuracy": add(sums["accuracy"], metrics["accuracy"])}, None
+      metrics = dict(task.per_example_metrics(trainable, task.frozen, batch))
+      metrics["count"] = jnp.ones((batch_size,), jnp.float32)
+      add = lambda s, v: s + jax.ops.segment_sum(v.astype(jnp.float32), owner, num_clients + 1)
+      return jax.tree.map(add, sums, metrics), None
 
+    example = jax.tree.map(lambda a: a[:1], data.examples)
+    names = list(jax.eval_shape(lambda: task.per_example_metrics(trainable, task.frozen,
+                                                                 example)).keys())
     zeros = jnp.zeros((num_clients + 1,), jnp.float32)
-    sums, _ = jax.lax.scan(body, {"count": zeros, "loss": zeros, "accuracy": zeros},
+    sums, _ = jax.lax.scan(body, {name: zeros for name in names + ["count"]},
                            (jnp.arange(num_batches), jnp.asarray(owners)))
     return jax.tree.map(lambda s: s[:num_clients], sums)
 
@@ -63,19 +65,21 @@ def summarize(per_client: dict[str, np.ndarray], worst_fraction: float = 0.1
   """Global and per-client summaries from per-client sums.
 
   Returns:
-    ``loss`` and ``accuracy`` over all test examples; ``client_accuracy_mean``
-    over clients with at least one test example; ``client_accuracy_worst10``:
-    mean accuracy of the worst ``worst_fraction`` of those clients;
-    ``client_accuracy_p10``: the 10th percentile.
+    Every summed metric (``loss``, ``accuracy``, ...) averaged over all test
+    examples; ``client_accuracy_mean`` over clients with at least one test
+    example; ``client_accuracy_worst10``: mean accuracy of the worst
+    ``worst_fraction`` of those clients; ``client_accuracy_p10``: the 10th
+    percentile.
   """
   count = np.asarray(per_client["count"], np.float64)
   has = count > 0
   total = max(count.sum(), 1.0)
   acc = np.asarray(per_client["accuracy"], np.float64)[has] / count[has]
   worst = np.sort(acc)[:max(int(np.ceil(worst_fraction * acc.size)), 1)]
+  overall = {name: float(np.sum(values) / total)
+             for name, values in per_client.items() if name != "count"}
   return {
-      "loss": float(np.sum(per_client["loss"]) / total),
-      "accuracy": float(np.sum(per_client["accuracy"]) / total),
+      **overall,
       "client_accuracy_mean": float(acc.mean()) if acc.size else float("nan"),
       "client_accuracy_worst10": float(worst.mean()) if acc.size else float("nan"),
       "client_accuracy_p10": float(np.percentile(acc, 10)) if acc.size else float("nan"),

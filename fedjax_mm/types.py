@@ -38,13 +38,17 @@ class Task(NamedTuple):
     frozen: frozen parameters, shared by every client (may be an empty dict).
     per_example_loss: ``(trainable, frozen, batch) -> [B]`` training loss.
     per_example_metrics: ``(trainable, frozen, batch) -> {name: [B]}`` for
-      evaluation; must contain ``'loss'`` and ``'accuracy'``.
+      evaluation; must contain ``'loss'`` and ``'accuracy'``; every entry is
+      summed per client and reported.
+    example_mask: optional ``batch -> [B] bool``: examples that must not
+      train (e.g. images without a caption); combined with the padding mask.
   """
 
   init_trainable: Callable[[jax.Array], PyTree]
   frozen: PyTree
   per_example_loss: PerExampleLossFn
   per_example_metrics: PerExampleMetricsFn
+  example_mask: Callable[[Batch], jax.Array] | None = None
 
 
 @struct.dataclass

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fedjax_mm import checkpoint as checkpoint_lib
+from fedjax_mm import setups
 from fedjax_mm.simulation import driver, population
 from fedjax_mm.simulation import round as round_lib
 
@@ -44,7 +45,7 @@ def _final_state(workdir):
   spec.loader.exec_module(module)
   config = module.get_config("1000")
   config.server.optimizer, config.server.learning_rate = "fedadam", 0.01
-  task = driver.build_task(config)
+  task = setups.build(config).task
   tx = driver.build_server_optimizer(config)
   abstract = checkpoint_lib.abstract_like({
       "server": round_lib.init_server_state(task, tx, config.seed),

@@ -21,33 +21,16 @@ import tqdm
 from fedjax_mm import checkpoint as checkpoint_lib
 from fedjax_mm import client as client_lib
 from fedjax_mm import configuration, evaluation, metrics as metrics_lib, schedules
-from fedjax_mm.data import federated, synthetic
-from fedjax_mm.models import logreg
+from fedjax_mm import setups
+from fedjax_mm.data import federated
 from fedjax_mm.server import fedopt
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
 from fedjax_mm.simulation import round as round_lib
-from fedjax_mm.types import Task
 
 
 class NonFiniteError(RuntimeError):
   """The global model's training loss became NaN/Inf."""
-
-
-def build_data(config: ml_collections.ConfigDict
-               ) -> tuple[federated.FederatedData, federated.FederatedData]:
-  """``(train, test)`` packed populations from ``config.data``."""
-  d = config.data
-  data = synthetic.generate(
-      config.seed, d.num_clients, alpha=d.alpha, beta=d.beta, iid=d.iid,
-      num_features=d.num_features, num_classes=d.num_classes,
-      size_mean=d.size_mean, size_sigma=d.size_sigma, min_size=d.min_size,
-      max_size=d.max_size)
-  return federated.split_by_position(data, 1.0 - d.test_fraction)
-
-
-def build_task(config: ml_collections.ConfigDict) -> Task:
-  return logreg.task(config.data.num_features, config.data.num_classes)
 
 
 def _schedule(section: ml_collections.ConfigDict, num_rounds: int):
@@ -101,8 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Data, model, optimizers, the compiled round. --------------------------
   started = time.perf_counter()
-  train, test = build_data(config)
-  task = build_task(config)
+  train, test, task, setup_info = setups.build(config, progress=progress)
   mesh = mesh_lib.make_client_mesh(config.num_devices)
   server_tx = build_server_optimizer(config)
   spec = round_lib.RoundSpec(
@@ -185,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "wall_seconds": time.perf_counter() - started,
       "round_seconds_this_run": train_seconds,
       "devices": jax.device_count(),
+      "setup": setup_info,
   }
   metrics_lib.write_summary(workdir, summary)
   return summary

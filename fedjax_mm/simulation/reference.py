@@ -57,7 +57,8 @@ def build_sequential_round(
                  client_state, round_):
     result = client_lib.local_update(
         trainable, task.frozen, examples, offset, size, jax.random.wrap_key_data(key_data),
-        weight, schedule=spec.schedule, loss_fn=task.per_example_loss, tx=client_optimizer(lr))
+        weight, schedule=spec.schedule, loss_fn=task.per_example_loss, tx=client_optimizer(lr),
+        example_mask=task.example_mask)
     weighted_sum, weight_sum = acc
     weighted_sum = jax.tree.map(lambda a, d: a + result.weight * d, weighted_sum, result.delta)
     scalars = (result.loss_sum, result.num_steps, result.num_examples, result.is_finite)

@@ -134,7 +134,8 @@ def build_round_fn(
       result = client_lib.local_update(
           state.trainable, task.frozen, data.examples, c["offset"], c["size"],
           client_key(state, c["id"]), c["weight"], schedule=spec.schedule,
-          loss_fn=task.per_example_loss, tx=tx)
+          loss_fn=task.per_example_loss, tx=tx,
+          example_mask=task.example_mask)
       return result, state_rule.update(c["state"], result, state.round)
 
     def chunk_body(carry, xs):
