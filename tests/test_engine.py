@@ -211,3 +211,20 @@ def test_uniform_weighting_is_unweighted_mean_of_client_deltas(train):
   grads = [jax.grad(client_loss)(params0, k) for k in range(K)]
   expected = jax.tree.map(lambda p, *g: p - 0.5 * np.mean(np.stack(g), 0), params0, *grads)
   _assert_trees_close(state.trainable, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_centralized_training_equals_hand_written_sgd(train):
+  from fedjax_mm import centralized
+  lr, steps, batch = 0.3, 7, 16
+  params = centralized.train(TASK, train, num_steps=steps, batch_size=batch,
+                             optimizer=optax.sgd(lr), seed=4)
+  # The same epoch-permutation order, replayed by hand.
+  n = train.num_examples
+  order = np.random.default_rng(4).permutation(n)
+  expected = TASK.init_trainable(jax.random.key(0))
+  for s in range(steps):
+    rows = order[s * batch:(s + 1) * batch]
+    batch_data = jax.tree.map(lambda a: a[rows], train.examples)
+    grads = jax.grad(lambda p: jnp.mean(TASK.per_example_loss(p, {}, batch_data)))(expected)
+    expected = jax.tree.map(lambda p, g: p - lr * g, expected, grads)
+  _assert_trees_close(params, expected, rtol=1e-5, atol=1e-6)
