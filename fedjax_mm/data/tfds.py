@@ -13,32 +13,36 @@ back through ``builder.as_data_source()`` (random access, numpy records).
   ``[N, L]`` and every integer/bool scalar feature); :func:`to_federated`
   packs them into a :class:`~fedjax_mm.data.federated.FederatedData`.
 
-Real data on a machine that has it::
+Real data. Preparing a TFDS dataset usually needs TensorFlow (builders read
+files with ``tf.io.gfile`` and encode images with ``tf.image``); *reading* a
+prepared ``array_record`` directory does not. So prepare once where TF is
+installed, e.g. ``tfds.builder("coco_captions", data_dir=DIR)
+.download_and_prepare(file_format="array_record")``, then here::
 
-    builder = tfds.builder("cifar10", data_dir=DIR)      # image-label
-    builder.download_and_prepare(file_format="array_record")
-    arrays = load_image_caption(builder.as_data_source("train"), label_key="label",
-                                tokenizer=build_tokenizer(
-                                    [t.format(n) for t in DEFAULT_TEMPLATES
-                                     for n in builder.info.features["label"].names]))
+    builder = tfds.builder_from_directory(f"{DIR}/coco_captions/2014/1.1.0")
+    texts = read_captions(builder.as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()}),  # no image decoding
+        caption_key="captions/text")
+    arrays = load_image_caption(builder.as_data_source("train"),
+                                tokenizer=build_tokenizer(texts, max_words=10_000),
+                                caption_key="captions/text", caption_index=0)
 
-``coco_captions`` (COCO 2014, Karpathy splits: train 82,783 / val / test 5,000
-/ restval 30,504) downloads its ~37.6 GiB of zips itself (no manual download),
-but its builder code imports TensorFlow (``tfds.builder("coco_captions")``
-fails with ``ModuleNotFoundError: No module named 'tensorflow'`` here), so
-prepare it once with TensorFlow installed and
-``download_and_prepare(file_format="array_record")``. Its features are
-``image`` (variable size, PNG/JPEG decoded by PIL), ``captions`` =
-``Sequence({'text': str, 'id': int64})`` (about 5 per image), ``image/id``,
-``image/filename`` and ``objects``. Read the prepared directory *without*
-TensorFlow through ``tfds.builder_from_directory(DIR/coco_captions/2014/1.1.0)``
-and ``load_image_caption(source, caption_key="captions/text",
-caption_index=0)``; images are center-cropped and resized to ``image_size``.
-Build the vocabulary first with :func:`read_captions` on a source opened with
-``decoders={"image": tfds.decode.SkipDecoding()}`` (skips image decoding).
-Verified here: the world round trip, cifar10 under ``tfds.testing.mock_data``,
-and a coco-shaped builder (PNG ``Image``, ``Sequence`` captions, slashed keys)
-read via ``builder_from_directory``; the real coco/cifar files were not.
+``coco_captions`` (COCO 2014 in the Karpathy splits: train 82,783, val 5,000,
+test 5,000, restval 30,504) needs no manual download: it fetches ~37.6 GiB of
+zips from cocodataset.org plus the split file, but its builder code imports
+TensorFlow (here ``tfds.builder("coco_captions")`` raises
+``ModuleNotFoundError: No module named 'tensorflow'``). Its features:
+``image`` (variable-size JPEG, decoded here by PIL), ``image/filename``,
+``image/id`` (int64), ``captions`` = ``Sequence({"text": str, "id": int64})``
+(about 5 per image) and ``objects``. Image-label data (``cifar10``: features
+``id``, ``image``, ``label``) goes through ``label_key="label"``; captions come
+from ``templates`` and the class names stored in the prepared dataset.
+Images are center-cropped and resized to ``image_size``.
+
+Verified here (tfds 4.9.10, no TF): the world round trip, cifar10 under
+``tfds.testing.mock_data`` and a coco-shaped builder (PNG ``Image``,
+``Sequence`` captions, a slashed key, ``ClassLabel``) read back through
+``builder_from_directory``. Real coco_captions/cifar10 files were not.
 """
 
 from __future__ import annotations
@@ -71,7 +75,15 @@ def words(text: str) -> list[str]:
 
 
 def build_tokenizer(texts: Sequence[str], max_words: int | None = None) -> tok.Tokenizer:
-  """A word-level tokenizer over ``texts``' words (the ``max_words`` most frequent)."""
+  """A word-level tokenizer for real captions.
+
+  Args:
+    texts: captions; split by :func:`words` (lowercase, punctuation apart).
+    max_words: keep the most frequent words only (others encode as UNK).
+
+  Returns:
+    A :class:`~fedjax_mm.data.tokenizer.Tokenizer` (ids 0-4 are specials).
+  """
   counts = collections.Counter(w for text in texts for w in words(text))
   # Sort by (-count, word) so the kept vocabulary does not depend on text order.
   ranked = sorted(counts, key=lambda w: (-counts[w], w))
@@ -164,7 +176,21 @@ class ShapesWorld(tfds.core.GeneratorBasedBuilder):
 def build_world_dataset(data_dir: str | os.PathLike, *, seed: int = 0, num_train: int,
                         num_test: int, spec: world.WorldSpec = world.WorldSpec(),
                         style: str = "natural") -> ShapesWorld:
-  """Writes the world into ``data_dir`` (array_record; a no-op if present)."""
+  """Writes the world into ``data_dir`` as array_record (a no-op if present).
+
+  Args:
+    data_dir: TFDS data directory; the dataset lands in
+      ``data_dir/shapes_world/<config name>/1.0.0``.
+    seed: :func:`world.generate` seed; ``num_train + num_test`` scenes are
+      generated at once, train rows first.
+    num_train: examples in the "train" split.
+    num_test: examples in the "test" split.
+    spec: world difficulty knobs.
+    style: caption style stored as text (one of ``world.STYLES``).
+
+  Returns:
+    The prepared builder; ``builder.as_data_source()[split]`` reads it.
+  """
   builder = ShapesWorld(config=world_config(seed, num_train, num_test, spec, style),
                         data_dir=os.fspath(data_dir), file_format="array_record")
   builder.download_and_prepare()
