@@ -17,7 +17,7 @@ from fedjax_mm.data import federated
 from fedjax_mm.server import fedopt
 from fedjax_mm.simulation import round as round_lib
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "world")
 WEIGHTINGS = ("num_examples", "uniform", "custom")
 
 
@@ -58,6 +58,48 @@ def _schedule(config, prefix: str) -> None:
   _number(config, f"{prefix}.end_value", lambda v: v >= 0, ">= 0")
 
 
+def _validate_world(config: ml_collections.ConfigDict) -> None:
+  from fedjax_mm.data import partition, world
+  from fedjax_mm.models import mllm, projector
+  from fedjax_mm.setups import fedma
+  positive_ints = ("data.examples_per_client", "data.public_vision_examples",
+                   "data.public_text_examples", "model.vision.patch_size",
+                   "model.vision.width", "model.vision.depth", "model.vision.num_heads",
+                   "model.vision.mlp_dim", "model.vision.steps", "model.vision.batch_size",
+                   "model.lm.width", "model.lm.depth", "model.lm.num_heads", "model.lm.mlp_dim",
+                   "model.lm.max_len", "model.lm.steps", "model.lm.batch_size")
+  for path in positive_ints:
+    _number(config, path, lambda v: v >= 1, ">= 1", integer=True)
+  if 32 % config.model.vision.patch_size:
+    raise ConfigError("config.model.vision.patch_size: must divide the image size 32, "
+                      f"got {config.model.vision.patch_size}")
+  for path in ("model.vision.learning_rate", "model.lm.learning_rate", "model.temperature"):
+    _number(config, path, lambda v: v > 0, "> 0")
+  for path in ("data.world.distractor_prob",):
+    _number(config, path, lambda v: 0 <= v <= 1, "in [0, 1]")
+  for path in ("data.world.noise", "data.world.jitter"):
+    _number(config, path, lambda v: v >= 0, ">= 0")
+  _one_of(config, "data.feature_dtype", tuple(fedma.FEATURE_DTYPES))
+  _one_of(config, "model.objective", mllm.OBJECTIVES)
+  _one_of(config, "model.projector.kind", projector.PROJECTOR_KINDS)
+  _number(config, "model.projector.pool_to", lambda v: v >= 0, ">= 0 (0 = no pooling)",
+          integer=True)
+  _number(config, "model.projector.hidden_dim", lambda v: v >= 0, ">= 0 (0 = LM width)",
+          integer=True)
+  vis_tokens = config.model.projector.pool_to or (32 // config.model.vision.patch_size) ** 2
+  needed = max(vis_tokens + 2 + world.CAPTION_LENGTH, 2 * world.CAPTION_LENGTH + 1)
+  _number(config, "model.lm.max_len", lambda v: v >= needed,
+          f">= {needed} (visual tokens + BOS + SEP + caption, and pretraining pairs)",
+          integer=True)
+  _one_of(config, "data.partition.kind", ("iid", "dirichlet", "shards"))
+  _one_of(config, "data.partition.quantity", ("equal", "power_law"))
+  _one_of(config, "data.partition.style_mode", ("none", "per_client", "iid"))
+  try:
+    partition.validate_spec(fedma.partition_spec(config))
+  except ValueError as e:
+    raise ConfigError(f"config.data.partition: {e}") from None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` on the first invalid field."""
   _number(config, "seed", lambda v: v >= 0, ">= 0", integer=True)
@@ -80,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             integer=True)
     _number(config, "data.max_size", lambda v: v >= config.data.min_size,
             f">= data.min_size={config.data.min_size}", integer=True)
+  if config.data.name == "world":
+    _validate_world(config)
   _number(config, "data.test_fraction", lambda v: 0 < v < 1, "in (0, 1)")
   _one_of(config, "local.mode", federated.LOCAL_MODES)
   _number(config, "local.num_steps", lambda v: v >= 1, ">= 1", integer=True)

@@ -559,6 +559,48 @@ def _value(d: dict | None, key: str, path: str, kind: str, *, choices: Sequence 
   return v
 
 
+def validate_spec(spec: Any) -> dict[str, Any]:
+  """Checks a partition spec (see :func:`partition`) without touching data.
+
+  Returns:
+    The parsed fields. Raises ValueError naming the first invalid field.
+  """
+  s = _mapping(spec, "spec", SPEC_FIELDS)
+  if s is None:
+    raise ValueError("spec must be a mapping or dataclass, got None")
+  kind = _value(s, "kind", "spec", "choice", choices=KINDS, required=True)
+  alpha = _value(s, "alpha", "spec", "positive", required=kind == "dirichlet")
+  spc = _value(s, "shards_per_client", "spec", "count", required=kind == "shards")
+  for key, owner in (("alpha", "dirichlet"), ("shards_per_client", "shards")):
+    if s.get(key) is not None and kind != owner:
+      raise ValueError(f"spec.{key} is only allowed with kind={owner!r}, got kind={kind!r}")
+  dpc = _value(s, "domains_per_client", "spec", "count")
+  q = _mapping(s.get("quantity"), "spec.quantity", ("kind", "exponent", "min_size"))
+  q_kind = _value(q, "kind", "spec.quantity", "choice", choices=QUANTITY_KINDS,
+                  required=q is not None)
+  power = q_kind == "power_law"
+  exponent = _value(q, "exponent", "spec.quantity", "positive", required=power)
+  min_size = _value(q, "min_size", "spec.quantity", "natural", default=1)
+  st = _mapping(s.get("styles"), "spec.styles", ("mode", "styles_per_client"))
+  mode = _value(st, "mode", "spec.styles", "choice", choices=STYLE_MODES,
+                required=st is not None)
+  per = _value(st, "styles_per_client", "spec.styles", "count", default=1)
+  mm = _mapping(s.get("missing_modality"), "spec.missing_modality",
+                ("fraction_clients", "caption_rate"))
+  frac = _value(mm, "fraction_clients", "spec.missing_modality", "unit",
+                required=mm is not None)
+  rate = _value(mm, "caption_rate", "spec.missing_modality", "unit",
+                required=mm is not None)
+  if kind == "shards" and (power or dpc is not None):
+    raise ValueError("kind='shards' fixes equal sizes and one concept order: "
+                     "spec.quantity must be None or 'equal' and "
+                     "spec.domains_per_client None")
+  return {"kind": kind, "alpha": alpha, "shards_per_client": spc,
+          "domains_per_client": dpc, "power": power, "exponent": exponent,
+          "min_size": min_size, "styles": st, "mode": mode, "styles_per_client": per,
+          "missing_modality": mm, "fraction_clients": frac, "caption_rate": rate}
+
+
 def partition(spec: Any, *, num_clients: int, concepts: np.ndarray,
               domains: np.ndarray | None = None, num_styles: int = 1,
               seed: int = 0) -> Partition:
@@ -597,36 +639,12 @@ def partition(spec: Any, *, num_clients: int, concepts: np.ndarray,
     :class:`Partition`; rows with ``client_ids == -1`` belong to no client
     (drop them with :func:`pack_assigned`).
   """
-  s = _mapping(spec, "spec", SPEC_FIELDS)
-  if s is None:
-    raise ValueError("spec must be a mapping or dataclass, got None")
-  kind = _value(s, "kind", "spec", "choice", choices=KINDS, required=True)
-  alpha = _value(s, "alpha", "spec", "positive", required=kind == "dirichlet")
-  spc = _value(s, "shards_per_client", "spec", "count", required=kind == "shards")
-  for key, owner in (("alpha", "dirichlet"), ("shards_per_client", "shards")):
-    if s.get(key) is not None and kind != owner:
-      raise ValueError(f"spec.{key} is only allowed with kind={owner!r}, got kind={kind!r}")
-  dpc = _value(s, "domains_per_client", "spec", "count")
-  q = _mapping(s.get("quantity"), "spec.quantity", ("kind", "exponent", "min_size"))
-  q_kind = _value(q, "kind", "spec.quantity", "choice", choices=QUANTITY_KINDS,
-                  required=q is not None)
-  power = q_kind == "power_law"
-  exponent = _value(q, "exponent", "spec.quantity", "positive", required=power)
-  min_size = _value(q, "min_size", "spec.quantity", "natural", default=1)
-  st = _mapping(s.get("styles"), "spec.styles", ("mode", "styles_per_client"))
-  mode = _value(st, "mode", "spec.styles", "choice", choices=STYLE_MODES,
-                required=st is not None)
-  per = _value(st, "styles_per_client", "spec.styles", "count", default=1)
-  mm = _mapping(s.get("missing_modality"), "spec.missing_modality",
-                ("fraction_clients", "caption_rate"))
-  frac = _value(mm, "fraction_clients", "spec.missing_modality", "unit",
-                required=mm is not None)
-  rate = _value(mm, "caption_rate", "spec.missing_modality", "unit",
-                required=mm is not None)
-  if kind == "shards" and (power or dpc is not None):
-    raise ValueError("kind='shards' fixes equal sizes and one concept order: "
-                     "spec.quantity must be None or 'equal' and "
-                     "spec.domains_per_client None")
+  p = validate_spec(spec)
+  kind, alpha, spc, dpc = p["kind"], p["alpha"], p["shards_per_client"], p["domains_per_client"]
+  power, exponent, min_size = p["power"], p["exponent"], p["min_size"]
+  st, mode, per, mm, frac, rate = (p["styles"], p["mode"], p["styles_per_client"],
+                                   p["missing_modality"], p["fraction_clients"],
+                                   p["caption_rate"])
   concepts = np.asarray(concepts)
   if dpc is not None and (domains is None or np.shape(domains) != concepts.shape):
     raise ValueError("spec.domains_per_client needs domains= of the concepts' shape")

@@ -67,8 +67,16 @@ def aggregation_weights(config: ml_collections.ConfigDict,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, progress: bool = True) -> dict[str, Any]:
+                       *, progress: bool = True,
+                       setup: setups.Setup | None = None) -> dict[str, Any]:
   """Runs (or resumes) a federated training run in ``workdir``.
+
+  Args:
+    config: the run config (validated here, before any compute).
+    workdir: run directory; resumed from its latest checkpoint if any.
+    progress: show progress bars.
+    setup: a prebuilt :class:`setups.Setup` for this config (experiments
+      that compare several runs on one world reuse it); built if None.
 
   Returns:
     The summary also written to ``workdir/summary.json``.
@@ -84,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Data, model, optimizers, the compiled round. --------------------------
   started = time.perf_counter()
-  train, test, task, setup_info = setups.build(config, progress=progress)
+  train, test, task, setup_info = setup or setups.build(config, progress=progress)
   mesh = mesh_lib.make_client_mesh(config.num_devices)
   server_tx = build_server_optimizer(config)
   spec = round_lib.RoundSpec(
