@@ -44,16 +44,19 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
   if trainable is None:
     trainable = task.init_trainable(jax.random.fold_in(jax.random.key(seed), 2**31 - 1))
   examples = jax.device_put(data.examples)
+  frozen = jax.device_put(task.frozen)
 
+  # Data and frozen weights are arguments, not closed-over compile-time constants.
   @jax.jit
-  def run(carry: client_lib.ClientCarry, rows_SxB: jax.Array, valid_S: jax.Array):
+  def run(carry: client_lib.ClientCarry, rows_SxB: jax.Array, valid_S: jax.Array,
+          examples, frozen):
     def body(carry, xs):
       rows, valid = xs
       batch = jax.tree.map(lambda a: a[rows], examples)
       # A padded step (valid False) is an exact no-op of client_step.
       return client_lib.client_step(
           carry, batch, jnp.broadcast_to(valid, rows.shape), loss_fn=task.per_example_loss,
-          frozen=task.frozen, tx=optimizer, example_mask=task.example_mask), None
+          frozen=frozen, tx=optimizer, example_mask=task.example_mask), None
     return jax.lax.scan(body, carry, (rows_SxB, valid_S))[0]
 
   # Row order: concatenated epoch permutations, cut into steps, padded to a
@@ -67,7 +70,7 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
   carry = client_lib.client_init(trainable, optimizer)
   bar = tqdm.tqdm(total=num_steps, disable=not progress, desc="centralized", unit="step")
   for c in range(calls):
-    carry = run(carry, rows[c], valid[c])
+    carry = run(carry, rows[c], valid[c], examples, frozen)
     bar.update(int(valid[c].sum()))
     bar.set_postfix(loss=f"{float(carry.loss_sum) / max(int(carry.num_steps), 1):.4f}")
   bar.close()

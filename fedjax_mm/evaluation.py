@@ -29,7 +29,7 @@ def build_eval_fn(task: Task, data: federated.FederatedData, batch_size: int
     batch_size: examples per scanned batch.
 
   Returns:
-    ``eval_fn`` returning ``{'count': [K], name: [K] for every metric of the
+    ``eval_fn(trainable, data, frozen=None)`` returning ``{'count': [K], name: [K] for every metric of the
     task}``: sums over each client's examples (divide by count for means).
   """
   num_examples, num_clients = data.num_examples, data.num_clients
@@ -39,18 +39,20 @@ def build_eval_fn(task: Task, data: federated.FederatedData, batch_size: int
   owners_np[:num_examples] = federated.example_owners(data)
   owners = owners_np.reshape(num_batches, batch_size)
 
-  def eval_fn(trainable: PyTree, data: federated.FederatedData):
+  def eval_fn(trainable: PyTree, data: federated.FederatedData, frozen: PyTree | None = None):
+    frozen = task.frozen if frozen is None else frozen
+
     def body(sums, batch_owners):
       b, owner = batch_owners
       rows = jnp.minimum(b * batch_size + jnp.arange(batch_size), num_examples - 1)
       batch = jax.tree.map(lambda a: a[rows], data.examples)
-      metrics = dict(task.per_example_metrics(trainable, task.frozen, batch))
+      metrics = dict(task.per_example_metrics(trainable, frozen, batch))
       metrics["count"] = jnp.ones((batch_size,), jnp.float32)
       add = lambda s, v: s + jax.ops.segment_sum(v.astype(jnp.float32), owner, num_clients + 1)
       return jax.tree.map(add, sums, metrics), None
 
     example = jax.tree.map(lambda a: a[:1], data.examples)
-    names = list(jax.eval_shape(lambda: task.per_example_metrics(trainable, task.frozen,
+    names = list(jax.eval_shape(lambda: task.per_example_metrics(trainable, frozen,
                                                                  example)).keys())
     zeros = jnp.zeros((num_clients + 1,), jnp.float32)
     sums, _ = jax.lax.scan(body, {name: zeros for name in names + ["count"]},

@@ -112,6 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sample_weights = mesh_lib.put_replicated(np.asarray(train.sizes, np.float32), mesh)
   train_dev = mesh_lib.put_replicated(train, mesh)
   test_dev = mesh_lib.put_replicated(test, mesh)
+  frozen = mesh_lib.put_replicated(task.frozen, mesh)
 
   # --- Initial state, or the latest checkpoint. ------------------------------
   run_state = mesh_lib.put_replicated({
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   metrics_lib.rewrite(workdir, history)
 
   def evaluate(trainable) -> dict[str, float]:
-    return evaluation.summarize(jax.device_get(eval_fn(trainable, test_dev)))
+    return evaluation.summarize(jax.device_get(eval_fn(trainable, test_dev, frozen)))
 
   # --- Rounds. ----------------------------------------------------------------
   bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not progress,
@@ -141,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tick = time.perf_counter()
     server, pop, round_metrics = round_fn(
         run_state["server"], run_state["population"], train_dev, agg_weights,
-        sample_weights)
+        sample_weights, frozen)
     run_state = {"server": server, "population": pop}
     record = {"round": r + 1, **metrics_lib.to_python(jax.device_get(round_metrics))}
     train_seconds += time.perf_counter() - tick

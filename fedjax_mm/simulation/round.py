@@ -104,7 +104,9 @@ def build_round_fn(
   Returns:
     A pure function; wrap it in ``jax.jit`` (donating the first two args).
     ``agg_weights`` ``[K]`` are the clients' aggregation weights (example
-    counts, ones, or custom); ``sample_weights`` ``[K]`` or None.
+    counts, ones, or custom); ``sample_weights`` ``[K]`` or None; ``frozen``
+    the frozen parameters (default ``task.frozen``; pass them to keep large
+    weights out of the compiled program's constants).
   """
   aggregator = aggregator or weighted_mean()
   state_rule = state_rule or population.participation_stats()
@@ -115,7 +117,10 @@ def build_round_fn(
 
   def round_fn(state: ServerState, population_state: PyTree,
                data: federated.FederatedData, agg_weights: jax.Array,
-               sample_weights: jax.Array | None = None):
+               sample_weights: jax.Array | None = None, frozen: PyTree | None = None):
+    # Frozen weights enter as an argument (not a compile-time constant) and
+    # are shared by every client: in_axes=None in effect, never per client.
+    frozen = task.frozen if frozen is None else frozen
     ids = cohort_ids(state, spec, sample_weights)
     pad = padded - spec.cohort_size
     valid = jnp.arange(padded) < spec.cohort_size
@@ -132,7 +137,7 @@ def build_round_fn(
 
     def one_client(c):
       result = client_lib.local_update(
-          state.trainable, task.frozen, data.examples, c["offset"], c["size"],
+          state.trainable, frozen, data.examples, c["offset"], c["size"],
           client_key(state, c["id"]), c["weight"], schedule=spec.schedule,
           loss_fn=task.per_example_loss, tx=tx,
           example_mask=task.example_mask)
