@@ -21,6 +21,14 @@ LM was pretrained on, with the visual prefix in the place of caption A.
 Contrastive (CLIP-style InfoNCE): mean-pooled projected visual tokens against
 the frozen LM's mean-pooled hidden states of the caption.
 
+What the engine must do with these losses: ``per_example_loss`` is 0 on rows
+with ``has_caption=False``, so the client's batch mask must be multiplied by
+``has_caption`` (``mask & batch['has_caption']``) for the masked mean not to
+count them; a client with no caption at all then takes no step. For the
+contrastive objective the engine should also pass its batch mask as
+``batch['valid']``: padded slots repeat a real row and would be false
+negatives.
+
 References:
   Liu et al., "Visual Instruction Tuning" (LLaVA), NeurIPS 2023;
   arXiv:2304.08485. Liu et al., "Improved Baselines with Visual Instruction

@@ -51,15 +51,17 @@ class VisionConfig:
   depth: int = 2
   num_heads: int = 4
   mlp_dim: int = 256
+  stem: str = "conv"
   steps: int = 1000
-  batch_size: int = 128
+  batch_size: int = 64
   learning_rate: float = 1e-3
   holdout_fraction: float = 0.1
   seed: int = 0
   data_tag: str = ""
 
   def module(self) -> ViT:
-    return ViT(self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim)
+    return ViT(self.patch_size, self.width, self.depth, self.num_heads, self.mlp_dim,
+               self.stem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +77,10 @@ class LMConfig:
   width: int = 128
   depth: int = 2
   num_heads: int = 4
-  mlp_dim: int = 512
+  mlp_dim: int = 256
   max_len: int = 64
   steps: int = 2000
-  batch_size: int = 64
+  batch_size: int = 32
   learning_rate: float = 3e-3
   holdout_fraction: float = 0.05
   random_offset: bool = True
@@ -127,13 +129,15 @@ def cached_params(cache_dir: str | os.PathLike, name: str, config: Any,
 def abstract_vit_params(config: VisionConfig) -> PyTree:
   """Shapes/dtypes of the ViT params (restore target)."""
   images = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
-  return jax.eval_shape(lambda k: config.module().init(k, images)["params"], jax.random.key(0))
+  return jax.eval_shape(lambda k, x: config.module().init(k, x)["params"], jax.random.key(0),
+                        images)
 
 
 def abstract_lm_params(config: LMConfig) -> PyTree:
   """Shapes/dtypes of the LM params (restore target)."""
   tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-  return jax.eval_shape(lambda k: config.module().init(k, tokens)["params"], jax.random.key(0))
+  return jax.eval_shape(lambda k, x: config.module().init(k, x)["params"], jax.random.key(0),
+                        tokens)
 
 
 def _split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
