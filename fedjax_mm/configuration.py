@@ -80,6 +80,7 @@ def _validate_world(config: ml_collections.ConfigDict) -> None:
   for path in ("data.world.noise", "data.world.jitter"):
     _number(config, path, lambda v: v >= 0, ">= 0")
   _one_of(config, "data.feature_dtype", tuple(fedma.FEATURE_DTYPES))
+  _one_of(config, "model.vision.stem", ("patch", "overlap", "conv"))
   _one_of(config, "model.objective", mllm.OBJECTIVES)
   _one_of(config, "model.projector.kind", projector.PROJECTOR_KINDS)
   _number(config, "model.projector.pool_to", lambda v: v >= 0, ">= 0 (0 = no pooling)",

@@ -49,7 +49,7 @@ def vision_config(config: ml_collections.ConfigDict) -> towers.VisionConfig:
   tag = f"{world_spec(config)}|seed={config.seed}|n={config.data.public_vision_examples}"
   return towers.VisionConfig(
       patch_size=v.patch_size, width=v.width, depth=v.depth, num_heads=v.num_heads,
-      mlp_dim=v.mlp_dim, steps=v.steps, batch_size=v.batch_size,
+      mlp_dim=v.mlp_dim, stem=v.stem, steps=v.steps, batch_size=v.batch_size,
       learning_rate=v.learning_rate, seed=config.seed, data_tag=tag)
 
 
@@ -72,8 +72,12 @@ def build_towers(config: ml_collections.ConfigDict, *, progress: bool = True
 
   def build_vision():
     scenes = world.generate(spec, config.seed + _VISION_SPLIT, config.data.public_vision_examples)
-    labels = scenes.attributes()
-    labels["domain"] = scenes.domain
+    # Every fact a caption states (the distractor's only where present: -1
+    # is skipped by the pretraining loss), plus the rendering domain.
+    labels = dict(scenes.attributes(), domain=scenes.domain,
+                  has_distractor=scenes.has_distractor.astype(np.int32))
+    for k in ("d_shape", "d_color", "d_size", "d_position"):
+      labels[k] = np.where(scenes.has_distractor, getattr(scenes, k), -1).astype(np.int32)
     return towers.pretrain_vision(scenes.images, labels, vcfg, progress=progress)
 
   def build_lm():
