@@ -17,6 +17,8 @@ $FEDJAX_MM_CACHE (default ~/.cache/fedjax_mm); `--config.model.cache_dir` overri
 
 import ml_collections
 
+from fedjax_mm import configuration
+
 PRESETS = ("iid", "dirichlet", "domain", "style", "missing")
 
 
@@ -86,29 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.local.num_steps = 5
   config.local.batch_size = 8
 
-  config.client = ml_collections.ConfigDict()
-  config.client.optimizer = "adam"
-  config.client.learning_rate = 3e-3
-  config.client.momentum = 0.9
-  config.client.schedule = "constant"
-  config.client.warmup_rounds = 0
-  config.client.decay_rate = 0.1
-  config.client.step_rounds = 0
-  config.client.end_value = 0.0
-
-  config.server = ml_collections.ConfigDict()
-  config.server.optimizer = "fedavg"
-  config.server.learning_rate = 1.0
-  config.server.momentum = 0.9
-  config.server.convention = "reddi"
-  for name, kind in (("b1", float), ("b2", float), ("tau", float), ("bias_correction", str),
-                     ("tau_placement", str), ("initial_v", float)):
-    config.server[name] = ml_collections.config_dict.placeholder(kind)
-  config.server.schedule = "constant"
-  config.server.warmup_rounds = 0
-  config.server.decay_rate = 0.1
-  config.server.step_rounds = 0
-  config.server.end_value = 0.0
+  # Optimizer sections (shared layout, see fedjax_mm.configuration); e.g.
+  # --config.server.optimizer=fedadam --config.server.convention=flower
+  config.client = configuration.client_section("adam", 3e-3)
+  config.server = configuration.server_section("fedavg", 1.0)
 
   config.aggregation = ml_collections.ConfigDict()
   config.aggregation.weighting = "num_examples"

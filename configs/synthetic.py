@@ -10,7 +10,8 @@ Override any field on the command line, e.g.
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from fedjax_mm import configuration
 
 # Population size -> (clients per round, size lognormal mean, sigma, min size).
 # The paper's sizes (lognormal(4, 2) + 50, ~400 examples on average) are kept
@@ -59,33 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.local.num_steps = 20      # step slots (a cap in epochs mode)
   config.local.batch_size = 10
 
-  config.client = ml_collections.ConfigDict()
-  config.client.optimizer = "sgd"  # sgd | momentum | adam
-  config.client.learning_rate = 0.01
-  config.client.momentum = 0.9
-  config.client.schedule = "constant"  # constant | cosine | warmup_cosine | exponential | step
-  config.client.warmup_rounds = 0
-  config.client.decay_rate = 0.1
-  config.client.step_rounds = 0
-  config.client.end_value = 0.0
-
-  config.server = ml_collections.ConfigDict()
-  config.server.optimizer = "fedavg"   # fedavg | fedavgm | fedadam | fedyogi | fedadagrad
-  config.server.learning_rate = 1.0
-  config.server.momentum = 0.9           # fedavgm only
-  # Adaptive-optimizer options; unset means "the convention's value".
-  config.server.convention = "reddi"     # reddi | flower | optax | tff
-  config.server.b1 = placeholder(float)
-  config.server.b2 = placeholder(float)
-  config.server.tau = placeholder(float)
-  config.server.bias_correction = placeholder(str)  # none | from_one | from_two
-  config.server.tau_placement = placeholder(str)    # corrected | uncorrected
-  config.server.initial_v = placeholder(float)
-  config.server.schedule = "constant"
-  config.server.warmup_rounds = 0
-  config.server.decay_rate = 0.1
-  config.server.step_rounds = 0
-  config.server.end_value = 0.0
+  # Optimizer sections (shared layout, see fedjax_mm.configuration); e.g.
+  # --config.server.optimizer=fedadam --config.server.convention=flower
+  config.client = configuration.client_section("sgd", 0.01)
+  config.server = configuration.server_section("fedavg", 1.0)
 
   config.aggregation = ml_collections.ConfigDict()
   config.aggregation.weighting = "num_examples"  # num_examples | uniform | custom

@@ -21,6 +21,31 @@ DATASETS = ("synthetic", "world")
 WEIGHTINGS = ("num_examples", "uniform", "custom")
 
 
+def _schedule_fields(section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  section.schedule = "constant"   # constant | cosine | warmup_cosine | exponential | step
+  section.warmup_rounds = 0
+  section.decay_rate = 0.1
+  section.step_rounds = 0
+  section.end_value = 0.0
+  return section
+
+
+def client_section(optimizer: str, learning_rate: float) -> ml_collections.ConfigDict:
+  """Default ``config.client``: optimizer, learning rate and its schedule."""
+  return _schedule_fields(ml_collections.ConfigDict(dict(
+      optimizer=optimizer, learning_rate=learning_rate, momentum=0.9)))
+
+
+def server_section(optimizer: str, learning_rate: float) -> ml_collections.ConfigDict:
+  """Default ``config.server``; adaptive options unset mean "the convention's value"."""
+  section = ml_collections.ConfigDict(dict(
+      optimizer=optimizer, learning_rate=learning_rate, momentum=0.9, convention="reddi"))
+  for name, kind in (("b1", float), ("b2", float), ("tau", float), ("bias_correction", str),
+                     ("tau_placement", str), ("initial_v", float)):
+    section[name] = ml_collections.config_dict.placeholder(kind)
+  return _schedule_fields(section)
+
+
 class ConfigError(ValueError):
   """An invalid config field; the message names the field and allowed values."""
 
