@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_clients = 1000
   config.data.examples_per_client = 40     # mean; total = clients x this
   config.data.test_fraction = 0.25
+  config.data.eval_clients = 300           # evaluate on this many random clients (0: all)
   config.data.public_vision_examples = 20_000
   config.data.public_text_examples = 30_000
   config.data.feature_dtype = "float32"    # float32 | bfloat16 (feature cache)

@@ -66,9 +66,15 @@ def client_step(carry: ClientCarry, batch: Batch, mask: jax.Array, *,
                 loss_fn: PerExampleLossFn, frozen: PyTree,
                 tx: optax.GradientTransformation,
                 example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientCarry:
-  """One local step; a batch with no valid example leaves the carry unchanged."""
+  """One local step; a batch with no valid example leaves the carry unchanged.
+
+  The (combined) mask is also handed to the loss as ``batch['valid']``: a
+  loss that couples the rows of a batch (InfoNCE) must not use padded rows,
+  which repeat real ones, as negatives. Per-example losses ignore it.
+  """
   if example_mask is not None:
     mask = mask & example_mask(batch)
+  batch = {**batch, "valid": mask}
   loss, grads = jax.value_and_grad(masked_mean_loss, argnums=1)(
       loss_fn, carry.params, frozen, batch, mask)
   updates, opt_state = tx.update(grads, carry.opt_state, carry.params)

@@ -105,6 +105,8 @@ def _validate_world(config: ml_collections.ConfigDict) -> None:
   for path in ("data.world.noise", "data.world.jitter"):
     _number(config, path, lambda v: v >= 0, ">= 0")
   _one_of(config, "data.feature_dtype", tuple(fedma.FEATURE_DTYPES))
+  _number(config, "data.eval_clients", lambda v: v >= 0, ">= 0 (0 = all clients)",
+          integer=True)
   _one_of(config, "model.vision.stem", ("patch", "overlap", "conv"))
   _one_of(config, "model.objective", mllm.OBJECTIVES)
   _one_of(config, "model.projector.kind", projector.PROJECTOR_KINDS)

@@ -248,3 +248,33 @@ def test_zero_tau_and_zero_initial_v_fail_validation():
   config.server.tau = 0.0
   with pytest.raises(configuration.ConfigError, match=r"config\.server: .*tau and initial_v"):
     configuration.validate(config)
+
+
+def _fedma_config(name: str, preset: str):
+  spec = importlib.util.spec_from_file_location(f"{name}_config",
+                                                REPO_ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+@pytest.mark.parametrize("name", ["fedma", "fedma_demo"])
+@pytest.mark.parametrize("preset", ["iid", "dirichlet", "domain", "style", "missing"])
+def test_fedma_presets_validate(name, preset):
+  config = _fedma_config(name, preset)
+  configuration.validate(config)
+  assert config.data.num_clients == 1000 and config.clients_per_round == 100
+  assert config.server.optimizer == "fedavg"
+
+
+def test_fedma_demo_is_the_base_config_sized_down():
+  base, demo = _fedma_config("fedma", "dirichlet"), _fedma_config("fedma_demo", "dirichlet")
+  assert demo.data.partition.kind == "dirichlet" and demo.data.partition.alpha == 0.1
+  assert demo.num_rounds < base.num_rounds
+
+
+def test_fedma_eval_clients_is_checked():
+  config = _fedma_config("fedma", "iid")
+  config.data.eval_clients = -1
+  with pytest.raises(configuration.ConfigError, match=r"config\.data\.eval_clients"):
+    configuration.validate(config)

@@ -251,6 +251,17 @@ def test_split_by_position_hand_sizes(fraction, left_sizes):
     np.testing.assert_array_equal(_client_rows(right, c), rows[left_sizes[c]:])
 
 
+def test_select_clients_hand_example():
+  data = _sized([0, 1, 2, 3, 10])
+  picked = federated.select_clients(data, np.array([4, 1, 0, 2]))
+  np.testing.assert_array_equal(picked.sizes, [10, 1, 0, 2])
+  np.testing.assert_array_equal(picked.offsets, [0, 10, 11, 11])
+  assert picked.sizes.dtype == np.int32 and picked.offsets.dtype == np.int32
+  for new, old in enumerate([4, 1, 0, 2]):
+    np.testing.assert_array_equal(_client_rows(picked, new), _client_rows(data, old))
+  assert federated.select_clients(data, np.array([], np.int64)).num_examples == 0
+
+
 def test_split_by_position_properties_random():
   rng = np.random.default_rng(1)
   sizes = rng.integers(0, 40, 60)

@@ -222,7 +222,10 @@ def test_probe_metrics_end_to_end(lm_params):
   metrics = task.per_example_metrics(trainable, task.frozen, batch)
   expected = mllm.alignment_metrics(scores, batch["probe_attr"], ATTRS)
   for k, v in expected.items():
-    np.testing.assert_allclose(metrics[k], v)
+    np.testing.assert_allclose(metrics[k], v, rtol=1e-5)
+  # The loss metric (read off probe 0 in the same pass) is the caption loss.
+  np.testing.assert_allclose(metrics["loss"], caption_loss(trainable["projector"], lm_params,
+                                                           batch), rtol=1e-5)
   np.testing.assert_array_equal(metrics["accuracy"], 0.0)  # the tie always loses
   np.testing.assert_array_equal(metrics["acc_size"], 0.0)
   assert set(metrics) == {"loss", "accuracy"} | {f"{p}_{a}" for p in ("acc", "n") for a in ATTRS}
@@ -267,6 +270,30 @@ def test_contrastive_matches_numpy(lm_params):
       batch, probes=jnp.stack([tokens, tokens[::-1]], 1),
       probe_attr=jnp.tile(jnp.array([[-1, 0]]), (6, 1))))
   assert metrics["accuracy"].shape == (6,)
+
+
+def test_contrastive_client_step_ignores_padded_rows(lm_params):
+  # The engine pads a batch with copies of a real row (mask False); the
+  # client step must hand its mask to InfoNCE so the copies are not
+  # negatives: padded step == step on the real rows alone.
+  from fedjax_mm import client
+  task = _task(lm_params, objective="contrastive", temperature=0.5)
+  trainable = task.init_trainable(jax.random.key(2))
+  real = _batch(jax.random.key(5), b=4)
+  padded = jax.tree.map(lambda a: jnp.concatenate([a, a[:1], a[:1]]), real)
+  mask = jnp.array([1, 1, 1, 1, 0, 0], bool)
+  tx = optax.sgd(1.0)
+  step = jax.jit(lambda batch, m: client.client_step(
+      client.client_init(trainable, tx), batch, m, loss_fn=task.per_example_loss,
+      frozen=task.frozen, tx=tx).params)
+  want = step(real, jnp.ones((4,), bool))
+  got = step(padded, mask)
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  # Without the mask the copies would change the update (the test can fail).
+  unmasked = step(padded, jnp.ones((6,), bool))
+  assert not all(np.allclose(u, w, rtol=1e-5, atol=1e-7)
+                 for u, w in zip(jax.tree.leaves(unmasked), jax.tree.leaves(want)))
 
 
 def test_encode_images_batched_and_bf16():

@@ -101,6 +101,21 @@ def split_by_position(data: FederatedData, first_fraction: float
   return take(is_left, left), take(~is_left, sizes - left)
 
 
+def select_clients(data: FederatedData, client_ids: np.ndarray) -> FederatedData:
+  """The rows of ``client_ids`` only, packed as clients ``0 .. len(ids) - 1``.
+
+  E.g. evaluation on a fixed random subset of clients: every selected client
+  keeps all of its rows, so per-client statistics stay per client.
+  """
+  ids = np.asarray(client_ids, np.int64)
+  sizes = np.asarray(data.sizes).astype(np.int64)[ids]
+  starts = np.asarray(data.offsets).astype(np.int64)[ids]
+  rows = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+  return FederatedData(examples={k: np.asarray(v)[rows] for k, v in data.examples.items()},
+                       offsets=(np.cumsum(sizes) - sizes).astype(np.int32),
+                       sizes=sizes.astype(np.int32))
+
+
 def sample_cohort(key: jax.Array, num_clients: int, cohort_size: int,
                   weights: jax.Array | None = None) -> jax.Array:
   """Samples ``cohort_size`` distinct client ids, a pure function of ``key``.

@@ -25,9 +25,9 @@ What the engine must do with these losses: ``per_example_loss`` is 0 on rows
 with ``has_caption=False``, so the client's batch mask must be multiplied by
 ``has_caption`` (``mask & batch['has_caption']``) for the masked mean not to
 count them; a client with no caption at all then takes no step. For the
-contrastive objective the engine should also pass its batch mask as
-``batch['valid']``: padded slots repeat a real row and would be false
-negatives.
+contrastive objective the engine passes its batch mask as ``batch['valid']``
+(:func:`fedjax_mm.client.client_step` does): padded slots repeat a real row
+and would be false negatives.
 
 References:
   Liu et al., "Visual Instruction Tuning" (LLaVA), NeurIPS 2023;
@@ -179,6 +179,19 @@ class MLLM:
   def metrics(self, proj_params: PyTree, lm_params: PyTree, batch: Batch, *,
               attribute_names: Sequence[str] = (), score: str = "nll") -> dict[str, jax.Array]:
     """Per-example evaluation metrics, each ``[B]``; see :func:`alignment_metrics`."""
+    if "probes" in batch and score == "nll":
+      # Probe 0 is the true caption: its NLL is the caption loss, so one LM
+      # pass over the candidates gives both (a seventh pass would repeat it).
+      probes = batch["probes"]
+      b, p, l = probes.shape
+      prefix = jnp.repeat(self.prefix(proj_params, lm_params, batch["vis"]), p, axis=0)
+      nll, mask = self.caption_nll(prefix, lm_params, probes.reshape(b * p, l))
+      nll, mask = nll.reshape(b, p, l), mask.reshape(b, p, l)
+      true_nll = jnp.sum(nll[:, 0] * mask[:, 0], -1) / jnp.maximum(jnp.sum(mask[:, 0], -1), 1.0)
+      out = {"loss": jnp.where(_has_caption(batch), true_nll, 0.0)}
+      out.update(alignment_metrics(jnp.sum(nll * mask, -1), batch["probe_attr"],
+                                   attribute_names))
+      return out
     out = {"loss": self.captioning_loss(proj_params, lm_params, batch)}
     if "probes" in batch:
       scores = self.probe_scores(proj_params, lm_params, batch, score)

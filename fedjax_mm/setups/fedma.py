@@ -26,6 +26,7 @@ import numpy as np
 
 from fedjax_mm.data import captions, federated, partition, world
 from fedjax_mm.models import mllm, towers
+from fedjax_mm.models.language import PAD
 from fedjax_mm.setups import Setup
 from fedjax_mm.types import Task
 
@@ -112,13 +113,27 @@ def partition_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return spec
 
 
-def client_data(config: ml_collections.ConfigDict, vcfg: towers.VisionConfig, vit_params
-                ) -> tuple[federated.FederatedData, federated.FederatedData, dict[str, Any]]:
-  """The clients' packed ``(train, test)`` rows with cached vision features."""
+def client_examples(config: ml_collections.ConfigDict, vcfg: towers.VisionConfig, vit_params
+                    ) -> tuple[world.Scenes, np.ndarray]:
+  """The clients' scenes and their cached vision features (partition-free).
+
+  Independent of ``config.data.partition``: runs that differ only in how
+  the rows are split among clients can share this (the demo does).
+  """
   d = config.data
-  spec, tokenizer = world_spec(config), world.make_tokenizer()
+  scenes = world.generate(world_spec(config), config.seed + _CLIENT_SPLIT,
+                          d.num_clients * d.examples_per_client)
+  vis = mllm.encode_images(vcfg.module(), vit_params, scenes.images,
+                           dtype=FEATURE_DTYPES[d.feature_dtype])
+  return scenes, np.asarray(vis)
+
+
+def client_data(config: ml_collections.ConfigDict, scenes: world.Scenes, vis: np.ndarray
+                ) -> tuple[federated.FederatedData, federated.FederatedData, dict[str, Any]]:
+  """The clients' packed ``(train, test)`` rows from :func:`client_examples`."""
+  d = config.data
+  tokenizer = world.make_tokenizer()
   seed = config.seed + _CLIENT_SPLIT
-  scenes = world.generate(spec, seed, d.num_clients * d.examples_per_client)
   parts = partition.partition(partition_spec(config), num_clients=d.num_clients,
                               concepts=scenes.concepts(), domains=scenes.domain,
                               num_styles=len(world.STYLES), seed=seed)
@@ -126,9 +141,10 @@ def client_data(config: ml_collections.ConfigDict, vcfg: towers.VisionConfig, vi
   attrs = scenes._asdict()
   rng = np.random.default_rng(seed)
   probes, probe_attr = captions.probes(tokenizer, attrs, np.maximum(styles, 0), rng)
-  vis = mllm.encode_images(vcfg.module(), vit_params, scenes.images,
-                           dtype=FEATURE_DTYPES[d.feature_dtype])
-  examples = {"vis": np.asarray(vis), "tokens": probes[:, 0], "has_caption": parts.has_caption,
+  # Captions are packed to the left: drop the all-PAD tail columns, so every
+  # LM pass (training and the probes) runs on the longest real caption only.
+  probes = probes[..., :max(int(np.max(np.sum(probes != PAD, -1))), 1)]
+  examples = {"vis": vis, "tokens": probes[:, 0], "has_caption": parts.has_caption,
               "probes": probes, "probe_attr": probe_attr}
   packed = partition.pack_assigned(examples, parts.client_ids, d.num_clients)
   train, test = federated.split_by_position(packed, 1.0 - d.test_fraction)
@@ -137,6 +153,12 @@ def client_data(config: ml_collections.ConfigDict, vcfg: towers.VisionConfig, vi
   train = train.replace(examples={k: train.examples[k] for k in ("vis", "tokens", "has_caption")})
   test = test.replace(examples=dict(test.examples,
                                     has_caption=np.ones(test.num_examples, bool)))
+  if 0 < d.eval_clients < d.num_clients:
+    # Evaluate on a fixed random subset of clients (all of each one's test
+    # rows): the probes cost 6 LM passes per row, and per-client statistics
+    # need whole clients, not scattered rows.
+    ids = np.random.default_rng(seed + 1).choice(d.num_clients, d.eval_clients, replace=False)
+    test = federated.select_clients(test, np.sort(ids))
   info = {"client_examples": int(packed.num_examples),
           "clients_with_data": int(np.sum(np.asarray(packed.sizes) > 0)),
           "caption_rate": float(np.mean(parts.has_caption[parts.client_ids >= 0]))}
@@ -155,11 +177,22 @@ def make_task(config: ml_collections.ConfigDict, vcfg: towers.VisionConfig,
   return task._replace(example_mask=lambda batch: batch["has_caption"])
 
 
-def build(config: ml_collections.ConfigDict, *, progress: bool = True) -> Setup:
+def build(config: ml_collections.ConfigDict, *, progress: bool = True,
+          pretrained: tuple | None = None,
+          examples: tuple[world.Scenes, np.ndarray] | None = None) -> Setup:
+  """The Fed-MA :class:`Setup` of a config.
+
+  Args:
+    config: a Fed-MA config (``configs/fedma.py``).
+    progress: progress bars while pretraining towers.
+    pretrained: :func:`build_towers`'s result, to reuse (else built/loaded).
+    examples: :func:`client_examples`'s result, to reuse (else computed).
+  """
   start = time.perf_counter()
-  vcfg, vit_params, lcfg, lm_params = build_towers(config, progress=progress)
+  vcfg, vit_params, lcfg, lm_params = pretrained or build_towers(config, progress=progress)
   towers_s = time.perf_counter() - start
-  train, test, info = client_data(config, vcfg, vit_params)
+  scenes, vis = examples or client_examples(config, vcfg, vit_params)
+  train, test, info = client_data(config, scenes, vis)
   info.update({"towers_seconds": towers_s,
                "data_seconds": time.perf_counter() - start - towers_s,
                "vision": dataclasses.asdict(vcfg), "lm": dataclasses.asdict(lcfg)})
