@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.projector.hidden_dim = 0        # 0: LM width
   config.model.vision = ml_collections.ConfigDict(dict(
       patch_size=8, width=128, depth=2, num_heads=4, mlp_dim=256, stem="conv", steps=1000,
-      batch_size=64, learning_rate=1e-3))
+      batch_size=64, learning_rate=3e-3))
   config.model.lm = ml_collections.ConfigDict(dict(
       width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64, steps=2000,
       batch_size=32, learning_rate=3e-3))

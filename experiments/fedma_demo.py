@@ -12,7 +12,7 @@ Writes ``results.md`` / ``results.json`` (caption loss, zero-shot alignment
 accuracy overall and per attribute, per-client mean and worst 10%) and
 ``accuracy.png`` (accuracy against round) into ``--workdir``.
 
-  python experiments/fedma_demo.py --workdir runs/fedma_demo
+  python experiments/fedma_demo.py --workdir runs/demo
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def row(name: str, summary: dict) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default="runs/fedma_demo")
+  parser.add_argument("--workdir", default="runs/demo")
   parser.add_argument("--rounds", type=int, default=None, help="default: the config's")
   parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration")
   parser.add_argument("--partitions", default="dirichlet,iid",
