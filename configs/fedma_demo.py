@@ -4,7 +4,7 @@ FedAvg, 1,000 clients with Dirichlet(0.1) concept skew over shape x color,
 100 clients per round; what changes from `configs/fedma.py` is only what
 makes the whole demo (tower pretraining included) fit in minutes on a CPU:
 fewer rounds, visual tokens pooled to one per quadrant, evaluation on a
-fixed random 300 of the 1,000 clients.
+fixed random 200 of the 1,000 clients, every 10 rounds.
 
   python experiments/fedma_demo.py                  # what demo.sh runs
   python -m fedjax_mm.main --config=configs/fedma_demo.py --workdir=runs/demo
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   spec.loader.exec_module(base)
   config = base.get_config(arg)
   config.num_rounds = 30
-  config.eval_every = 5
-  config.data.eval_clients = 300
+  config.eval_every = 10
+  config.data.eval_clients = 200
   config.model.projector.pool_to = 4
   return config

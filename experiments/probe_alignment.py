@@ -121,7 +121,8 @@ def main() -> None:
                                        styles[ev], rng)
   times["data"] = time.time() - t
 
-  vcfg = towers.VisionConfig(data_tag=f"{spec}/seed101/n{args.num_public_images}")
+  vcfg = towers.VisionConfig(
+      data_tag=f"{spec}/radii{world.RADII}/seed101/n{args.num_public_images}")
   if args.vision_steps:
     vcfg = dataclasses.replace(vcfg, steps=args.vision_steps)
   lcfg = towers.LMConfig(vocab_size=tokenizer.vocab_size,

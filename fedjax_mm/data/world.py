@@ -49,7 +49,7 @@ COUNTS = ("one", "two", "three")
 DOMAINS = ("clean", "noisy", "low_contrast", "tinted", "blurred", "bright")
 STYLES = ("natural", "terse", "list", "there_is")
 CAPTION_LENGTH = 24
-_RADII = (2.6, 4.2)          # small, large (pixels)
+RADII = (3.5, 5.5)           # small, large (pixels); smaller ones hide shape from a small ViT
 _QUADRANT_ORIGIN = np.array([[0, 0], [0, 16], [16, 0], [16, 16]], np.float32)  # (y, x)
 _BLOCK = 4096
 
@@ -66,7 +66,7 @@ class WorldSpec:
 
   distractor_prob: float = 0.5
   noise: float = 0.04
-  jitter: float = 1.5
+  jitter: float = 0.5
 
 
 class Scenes(NamedTuple):
@@ -174,7 +174,7 @@ def _object_masks(a: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, j
                              a["has_distractor"][:, None]], 1)
   rep = lambda main, dis: jnp.concatenate([jnp.repeat(main[:, None], 3, 1), dis[:, None]], 1)
   shape, color = rep(a["shape"], a["d_shape"]), rep(a["color"], a["d_color"])
-  radius = jnp.asarray(_RADII)[rep(a["size"], a["d_size"])]
+  radius = jnp.asarray(RADII)[rep(a["size"], a["d_size"])]
   radius *= jax.random.uniform(k_radius, (n, 4), minval=0.9, maxval=1.1)
   grid = jnp.arange(32, dtype=jnp.float32) + 0.5
   dy = grid[None, None, :, None] - slots[..., 0, None, None]

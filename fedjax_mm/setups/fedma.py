@@ -47,7 +47,10 @@ def world_spec(config: ml_collections.ConfigDict) -> world.WorldSpec:
 
 def vision_config(config: ml_collections.ConfigDict) -> towers.VisionConfig:
   v = config.model.vision
-  tag = f"{world_spec(config)}|seed={config.seed}|n={config.data.public_vision_examples}"
+  # The rendering constants are part of the data: a change must not load a
+  # tower pretrained on differently drawn images.
+  tag = (f"{world_spec(config)}|radii={world.RADII}|seed={config.seed}"
+         f"|n={config.data.public_vision_examples}")
   return towers.VisionConfig(
       patch_size=v.patch_size, width=v.width, depth=v.depth, num_heads=v.num_heads,
       mlp_dim=v.mlp_dim, stem=v.stem, steps=v.steps, batch_size=v.batch_size,
