@@ -4,7 +4,7 @@ Runs FedAvg, FedAvgM, FedAdam and FedYogi with the same clients, cohorts and
 seed, then writes ``results.md`` (a table), ``accuracy.png`` (test accuracy
 against round) and one run directory per optimizer under ``--workdir``.
 
-  python experiments/synthetic_demo.py --workdir runs/demo
+  python experiments/synthetic_demo.py --workdir runs/synthetic_demo
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def base_config(num_rounds: int):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default="runs/demo")
+  parser.add_argument("--workdir", default="runs/synthetic_demo")
   parser.add_argument("--rounds", type=int, default=200)
   args = parser.parse_args()
   workdir = Path(args.workdir)
