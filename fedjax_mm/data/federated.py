@@ -91,14 +91,14 @@ def split_by_position(data: FederatedData, first_fraction: float
   position = np.arange(owners.size) - np.asarray(data.offsets)[owners]
   is_left = position < left[owners]
 
-  def take(rows: np.ndarray, new_sizes: np.ndarray) -> FederatedData:
-    new_sizes = new_sizes.astype(np.int32)
-    return FederatedData(
-        examples={k: np.asarray(v)[rows] for k, v in data.examples.items()},
-        offsets=(np.cumsum(new_sizes) - new_sizes).astype(np.int32),
-        sizes=new_sizes)
+  return _take_rows(data, is_left, left), _take_rows(data, ~is_left, sizes - left)
 
-  return take(is_left, left), take(~is_left, sizes - left)
+
+def _take_rows(data: FederatedData, rows: np.ndarray, sizes: np.ndarray) -> FederatedData:
+  """``data``'s ``rows`` (indices or mask, grouped by client) as clients of ``sizes``."""
+  sizes = np.asarray(sizes).astype(np.int32)
+  return FederatedData(examples={k: np.asarray(v)[rows] for k, v in data.examples.items()},
+                       offsets=(np.cumsum(sizes) - sizes).astype(np.int32), sizes=sizes)
 
 
 def select_clients(data: FederatedData, client_ids: np.ndarray) -> FederatedData:
@@ -111,9 +111,7 @@ def select_clients(data: FederatedData, client_ids: np.ndarray) -> FederatedData
   sizes = np.asarray(data.sizes).astype(np.int64)[ids]
   starts = np.asarray(data.offsets).astype(np.int64)[ids]
   rows = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-  return FederatedData(examples={k: np.asarray(v)[rows] for k, v in data.examples.items()},
-                       offsets=(np.cumsum(sizes) - sizes).astype(np.int32),
-                       sizes=sizes.astype(np.int32))
+  return _take_rows(data, rows, sizes)
 
 
 def sample_cohort(key: jax.Array, num_clients: int, cohort_size: int,

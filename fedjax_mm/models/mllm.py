@@ -111,8 +111,7 @@ class MLLM:
     """Mean NLL per valid caption token, ``[B]``; 0 where ``has_caption`` is False."""
     nll, mask = self.caption_nll(self.prefix(proj_params, lm_params, batch["vis"]),
                                  lm_params, batch["tokens"])
-    per_example = jnp.sum(nll * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
-    return jnp.where(_has_caption(batch), per_example, 0.0)
+    return _mean_caption_nll(nll, mask, batch)
 
   def image_embedding(self, proj_params: PyTree, vis: jax.Array) -> jax.Array:
     """Mean-pooled projected visual tokens ``[B, D]`` (not normalised)."""
@@ -157,6 +156,15 @@ class MLLM:
     loss = 0.5 * (i2t - jnp.diagonal(jax.nn.log_softmax(logits, axis=0))) if symmetric else i2t
     return jnp.where(use, loss, 0.0)
 
+  def probe_nll(self, proj_params: PyTree, lm_params: PyTree, batch: Batch
+                ) -> tuple[jax.Array, jax.Array]:
+    """Per-token NLL ``[B, P, L]`` and target mask of every candidate caption."""
+    probes = batch["probes"]
+    b, p, l = probes.shape
+    prefix = jnp.repeat(self.prefix(proj_params, lm_params, batch["vis"]), p, axis=0)
+    nll, mask = self.caption_nll(prefix, lm_params, probes.reshape(b * p, l))
+    return nll.reshape(b, p, l), mask.reshape(b, p, l)
+
   def probe_scores(self, proj_params: PyTree, lm_params: PyTree, batch: Batch, score: str
                    ) -> jax.Array:
     """Candidate scores ``[B, P]``, lower is better.
@@ -165,11 +173,9 @@ class MLLM:
     minus the cosine similarity of image and caption embeddings.
     """
     probes = batch["probes"]
-    b, p, l = probes.shape
     if score == "nll":
-      prefix = jnp.repeat(self.prefix(proj_params, lm_params, batch["vis"]), p, axis=0)
-      nll, mask = self.caption_nll(prefix, lm_params, probes.reshape(b * p, l))
-      return jnp.sum(nll * mask, -1).reshape(b, p)
+      nll, mask = self.probe_nll(proj_params, lm_params, batch)
+      return jnp.sum(nll * mask, -1)
     if score == "similarity":
       img = _l2_normalize(self.image_embedding(proj_params, batch["vis"]))
       txt = _l2_normalize(self.text_embedding(lm_params, probes).astype(jnp.float32))
@@ -182,13 +188,8 @@ class MLLM:
     if "probes" in batch and score == "nll":
       # Probe 0 is the true caption: its NLL is the caption loss, so one LM
       # pass over the candidates gives both (a seventh pass would repeat it).
-      probes = batch["probes"]
-      b, p, l = probes.shape
-      prefix = jnp.repeat(self.prefix(proj_params, lm_params, batch["vis"]), p, axis=0)
-      nll, mask = self.caption_nll(prefix, lm_params, probes.reshape(b * p, l))
-      nll, mask = nll.reshape(b, p, l), mask.reshape(b, p, l)
-      true_nll = jnp.sum(nll[:, 0] * mask[:, 0], -1) / jnp.maximum(jnp.sum(mask[:, 0], -1), 1.0)
-      out = {"loss": jnp.where(_has_caption(batch), true_nll, 0.0)}
+      nll, mask = self.probe_nll(proj_params, lm_params, batch)
+      out = {"loss": _mean_caption_nll(nll[:, 0], mask[:, 0], batch)}
       out.update(alignment_metrics(jnp.sum(nll * mask, -1), batch["probe_attr"],
                                    attribute_names))
       return out
@@ -226,6 +227,12 @@ def alignment_metrics(scores: jax.Array, probe_attr: jax.Array,
     out[f"acc_{name}"] = jnp.sum(beats * has, -1) / jnp.maximum(count, 1.0)
     out[f"n_{name}"] = (count > 0).astype(jnp.float32)
   return out
+
+
+def _mean_caption_nll(nll: jax.Array, mask: jax.Array, batch: Batch) -> jax.Array:
+  """Mean NLL per valid token ``[B]`` of ``[B, L]`` token NLLs; 0 without a caption."""
+  per_example = jnp.sum(nll * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
+  return jnp.where(_has_caption(batch), per_example, 0.0)
 
 
 def _has_caption(batch: Batch) -> jax.Array:
