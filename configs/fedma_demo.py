@@ -11,20 +11,18 @@ fixed random 200 of the 1,000 clients, every 10 rounds.
 Presets as in `configs/fedma.py` (`configs/fedma_demo.py:iid`, ...).
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from fedjax_mm import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Config files are loaded by path, not imported as a package: load the base
   # config beside this file the same way.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fedma.py")
-  spec = importlib.util.spec_from_file_location("fedma_base_config", path)
-  base = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(base)
-  config = base.get_config(arg)
+  config = config_files.load(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "fedma.py"), arg)
   config.num_rounds = 30
   config.eval_every = 10
   config.data.eval_clients = 200

@@ -65,9 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.client = configuration.client_section("sgd", 0.01)
   config.server = configuration.server_section("fedavg", 1.0)
 
-  config.aggregation = ml_collections.ConfigDict()
-  config.aggregation.weighting = "num_examples"  # num_examples | uniform | custom
-  config.aggregation.custom_weights_path = ""    # .npy of [num_clients] for custom
+  # The algorithm (client + server work) and the aggregation (see
+  # fedjax_mm.configuration), e.g. --config.algorithm.name=scaffold
+  # --config.aggregation.kind=trimmed_mean --config.aggregation.clip_norm=1.0
+  config.algorithm = configuration.algorithm_section("fedavg")
+  config.aggregation = configuration.aggregation_section()
 
   config.eval_every = 10
   config.eval_batch_size = 4096

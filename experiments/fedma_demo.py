@@ -4,21 +4,27 @@ Pretrains (or loads from cache) the frozen towers, then compares on the same
 clients' data:
 
 * floor: the untrained projector;
-* FedAvg under IID clients and under Dirichlet(alpha) concept skew;
+* each method of ``--methods`` (default FedAvg) under each partition of
+  ``--partitions`` (default Dirichlet(alpha) concept skew and IID clients);
 * ceiling: centralized training on the union of the clients' training rows
   with the same budget of training examples as one federated run.
+
+Rows are labelled by what actually ran (algorithm, server optimizer,
+aggregator, read off the final config, ``--override`` included).
 
 Writes ``results.md`` / ``results.json`` (caption loss, zero-shot alignment
 accuracy overall and per attribute, per-client mean and worst 10%) and
 ``accuracy.png`` (accuracy against round) into ``--workdir``.
 
   python experiments/fedma_demo.py --workdir runs/demo
+  python experiments/fedma_demo.py --workdir runs/methods --partitions dirichlet \
+      --methods fedavg,fedavgm,fedadam,fedprox,scaffold
+  python experiments/fedma_demo.py --override algorithm.name=scaffold
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import time
@@ -31,7 +37,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedjax_mm import centralized, configuration, evaluation, metrics  # noqa: E402
+from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import world  # noqa: E402
 from fedjax_mm.setups import fedma  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
@@ -40,12 +46,49 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTRS = tuple(f"acc_{a}" for a in world.ATTRIBUTES)
 
 
-def load_config(preset: str):
-  spec = importlib.util.spec_from_file_location("fedma_demo_config",
-                                                ROOT / "configs/fedma_demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+# Method -> config overrides on top of the demo config (then --override).
+METHODS = {
+    "fedavg": {},
+    "fedavgm": {"server.optimizer": "fedavgm", "server.learning_rate": 1.0,
+                "server.momentum": 0.9},
+    "fedadam": {"server.optimizer": "fedadam", "server.learning_rate": 0.01},
+    "fedprox": {"algorithm.name": "fedprox", "algorithm.prox_mu": 0.01},
+    "scaffold": {"algorithm.name": "scaffold"},
+    # FedNova normalizes by SGD steps: SGD clients, and its FedAvg twin.
+    "fedavg_sgd": {"client.optimizer": "sgd", "client.learning_rate": 0.5},
+    "fednova": {"algorithm.name": "fednova", "client.optimizer": "sgd",
+                "client.learning_rate": 0.5},
+}
+_ALGORITHM_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
+                    "fednova": "FedNova"}
+_SERVER_NAMES = {"fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+                 "fedadagrad": "FedAdagrad"}
+
+
+def set_field(config, key: str, value) -> None:
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+
+
+def method_label(config) -> str:
+  """What ran, from the config: e.g. "FedAvg", "FedAdam", "SCAFFOLD (SGD clients)"."""
+  name = _ALGORITHM_NAMES[config.algorithm.name]
+  server = _SERVER_NAMES.get(config.server.optimizer)
+  if server:
+    name = server if name == "FedAvg" else f"{name} + {server} server"
+  if config.algorithm.name == "fedprox":
+    name += f" (mu={config.algorithm.prox_mu:g})"
+  if config.client.optimizer != "adam":
+    name += f" ({config.client.optimizer.upper() if config.client.optimizer == 'sgd' else config.client.optimizer} clients)"
+  agg = config.aggregation
+  if agg.kind != "mean":
+    name += f", {agg.kind}"
+  if agg.clip_norm > 0:
+    name += f", clip {agg.clip_norm:g}"
+  return name
 
 
 def row(name: str, summary: dict) -> dict:
@@ -63,6 +106,8 @@ def main() -> None:
   parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration")
   parser.add_argument("--partitions", default="dirichlet,iid",
                       help="comma-separated presets of configs/fedma.py")
+  parser.add_argument("--methods", default="fedavg",
+                      help=f"comma-separated, of {tuple(METHODS)}")
   parser.add_argument("--central-batch", type=int, default=64)
   parser.add_argument("--override", action="append", default=[],
                       help="config overrides key=value (python literal), repeatable")
@@ -71,19 +116,26 @@ def main() -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
 
-  def config_for(preset: str):
-    config = load_config(preset)
+  methods = args.methods.split(",")
+  for method in methods:
+    if method not in METHODS:
+      parser.error(f"--methods: {method!r} is not one of {tuple(METHODS)}")
+
+  def config_for(preset: str, method: str = "fedavg"):
+    config = config_files.load(ROOT / "configs/fedma_demo.py", preset)
     if args.rounds:
       config.num_rounds = args.rounds
     if preset == "dirichlet":
       config.data.partition.alpha = args.alpha
+    for key, value in METHODS[method].items():
+      set_field(config, key, value)
     for item in args.override:
       key, value = item.split("=", 1)
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = type(node[leaf])(json.loads(value)) if node[leaf] is not None else json.loads(value)
+      try:
+        value = json.loads(value)
+      except json.JSONDecodeError:  # a bare string: algorithm.name=scaffold
+        pass
+      set_field(config, key, value)
     configuration.validate(config)
     return config
 
@@ -125,23 +177,28 @@ def main() -> None:
       timings["centralized"] = time.perf_counter() - tick
       ceiling = row("centralized (same example budget)", evaluate(trained))
 
-    label = "IID" if preset == "iid" else f"Dirichlet({config.data.partition.alpha:g})"
-    print(f"== FedAvg, {label}: {config.data.num_clients} clients, "
-          f"{config.clients_per_round} per round, {config.num_rounds} rounds")
-    tick = time.perf_counter()
-    # The demo always trains from scratch: a previous demo's checkpoints in
-    # the same run directory would otherwise be resumed (the driver's
-    # default for an interrupted long run).
-    shutil.rmtree(workdir / preset, ignore_errors=True)
-    summary = driver.train_and_evaluate(config, str(workdir / preset), setup=setup)
-    timings[f"federated_{preset}"] = time.perf_counter() - tick
-    final = {k.replace("eval_", ""): v for k, v in summary["final"].items()
-             if k.startswith("eval_")}
-    runs.append(row(f"FedAvg, {label}", final))
-    history = metrics.read(workdir / preset)
-    # Round 0 is the untrained projector every run starts from.
-    curves[label] = [(0, floor["align_acc"])] + [
-        (h["round"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
+    data_label = "IID" if preset == "iid" else (
+        f"Dirichlet({config.data.partition.alpha:g})" if preset == "dirichlet" else preset)
+    for method in methods:
+      config = config_for(preset, method)
+      label = f"{method_label(config)}, {data_label}"
+      print(f"== {label}: {config.data.num_clients} clients, "
+            f"{config.clients_per_round} per round, {config.num_rounds} rounds")
+      tick = time.perf_counter()
+      # The demo always trains from scratch: a previous demo's checkpoints in
+      # the same run directory would otherwise be resumed (the driver's
+      # default for an interrupted long run).
+      rundir = workdir / (preset if len(methods) == 1 else f"{preset}_{method}")
+      shutil.rmtree(rundir, ignore_errors=True)
+      summary = driver.train_and_evaluate(config, str(rundir), setup=setup)
+      timings[f"federated_{rundir.name}"] = time.perf_counter() - tick
+      final = {k.replace("eval_", ""): v for k, v in summary["final"].items()
+               if k.startswith("eval_")}
+      runs.append(row(label, final))
+      history = metrics.read(rundir)
+      # Round 0 is the untrained projector every run starts from.
+      curves[label] = [(0, floor["align_acc"])] + [
+          (h["round"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
 
   rows = [floor] + runs + [ceiling]
   table = metrics.format_table(rows, list(rows[0]))
@@ -155,7 +212,7 @@ def main() -> None:
                                                    indent=2))
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for label, points in curves.items():
-    ax.plot(*zip(*points), marker="o", ms=3, label=f"FedAvg, {label}")
+    ax.plot(*zip(*points), marker="o", ms=3, label=label)
   ax.axhline(floor["align_acc"], color="gray", ls=":", label="floor (untrained)")
   ax.axhline(ceiling["align_acc"], color="black", ls="--", label="centralized ceiling")
   top = min(1.0, 1.25 * max(ceiling["align_acc"], *(a for c in curves.values() for _, a in c)))

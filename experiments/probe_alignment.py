@@ -15,14 +15,13 @@ world or of a tower recipe. Prints the time of each phase. Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
 import jax
 import optax
 
-from fedjax_mm import centralized, configuration, evaluation
+from fedjax_mm import centralized, config_files, configuration, evaluation
 from fedjax_mm.data import world
 from fedjax_mm.models import mllm
 from fedjax_mm.setups import fedma
@@ -31,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config():
-  spec = importlib.util.spec_from_file_location("fedma_config", ROOT / "configs/fedma.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("iid")
+  config = config_files.load(ROOT / "configs/fedma.py", "iid")
   config.data.partition.style_mode = "iid"   # every caption style, mixed
   return config
 

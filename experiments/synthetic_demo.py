@@ -10,7 +10,6 @@ against round) and one run directory per optimizer under ``--workdir``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedjax_mm import config_files  # noqa: E402
 from fedjax_mm import metrics  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
 
@@ -33,10 +33,7 @@ RUNS = (
 
 
 def base_config(num_rounds: int):
-  spec = importlib.util.spec_from_file_location("synthetic_config", ROOT / "configs/synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("30")
+  config = config_files.load(ROOT / "configs/synthetic.py", "30")
   config.num_rounds = num_rounds
   config.eval_every = 5
   config.checkpoint.every = 50

@@ -3,8 +3,12 @@
 Three phases, as in FedAvg: ``client_init`` copies the global parameters into
 a local carry, ``client_step`` takes one optimizer step on one (masked) batch,
 ``client_final`` turns the carry into a :class:`ClientResult` with
-``delta = global - local``. ``local_update`` runs them with ``lax.scan`` over
-the client's data plan; padded steps and padded examples are exact no-ops.
+``delta = global - local``. ``local_steps`` runs the first two with
+``lax.scan`` over the client's data plan; padded steps and padded examples are
+exact no-ops. An algorithm changes local training through one hook, a
+``correction(grads, params) -> grads`` applied before the optimizer (FedProx's
+proximal gradient, SCAFFOLD's control-variate correction); everything the
+cohort shares is one :class:`LocalContext`.
 
 References:
   McMahan et al., "Communication-Efficient Learning of Deep Networks from
@@ -25,6 +29,8 @@ from fedjax_mm.types import Batch, ClientResult, PerExampleLossFn, PyTree
 CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam")
 # learning rate (possibly traced, from a schedule over rounds) -> transform.
 ClientOptimizerFactory = Callable[[jax.Array], optax.GradientTransformation]
+# (grads, local params) -> corrected grads, applied before the client optimizer.
+GradCorrection = Callable[[PyTree, PyTree], PyTree]
 
 
 def make_client_optimizer(name: str, *, momentum: float = 0.9
@@ -65,18 +71,22 @@ def client_init(trainable: PyTree, tx: optax.GradientTransformation) -> ClientCa
 def client_step(carry: ClientCarry, batch: Batch, mask: jax.Array, *,
                 loss_fn: PerExampleLossFn, frozen: PyTree,
                 tx: optax.GradientTransformation,
-                example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientCarry:
+                example_mask: Callable[[Batch], jax.Array] | None = None,
+                correction: GradCorrection | None = None) -> ClientCarry:
   """One local step; a batch with no valid example leaves the carry unchanged.
 
   The (combined) mask is also handed to the loss as ``batch['valid']``: a
   loss that couples the rows of a batch (InfoNCE) must not use padded rows,
   which repeat real ones, as negatives. Per-example losses ignore it.
+  ``correction`` (if any) rewrites the gradient before the optimizer sees it.
   """
   if example_mask is not None:
     mask = mask & example_mask(batch)
   batch = {**batch, "valid": mask}
   loss, grads = jax.value_and_grad(masked_mean_loss, argnums=1)(
       loss_fn, carry.params, frozen, batch, mask)
+  if correction is not None:
+    grads = correction(grads, carry.params)
   updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
   params = optax.apply_updates(carry.params, updates)
   valid = jnp.any(mask)
@@ -123,16 +133,82 @@ def train_on_batches(trainable: PyTree, frozen: PyTree, batches: Batch,
   return carry
 
 
+class LocalContext(NamedTuple):
+  """What every client of a round shares (closed over by the vmapped update).
+
+  Attributes:
+    trainable: the global trainable parameters (the broadcast model).
+    broadcast: the algorithm's message to every client (``()`` if none).
+    frozen: frozen parameters.
+    examples: the packed dataset's arrays (leading axis N).
+    schedule: static local data schedule.
+    loss_fn: per-example loss.
+    tx: the client optimizer for this round.
+    learning_rate: this round's client learning rate (a scalar).
+    round: the round index (int32 scalar).
+    example_mask: optional per-example trainability (see ``Task``).
+  """
+
+  trainable: PyTree
+  broadcast: PyTree
+  frozen: PyTree
+  examples: Mapping[str, jax.Array]
+  schedule: federated.LocalSchedule
+  loss_fn: PerExampleLossFn
+  tx: optax.GradientTransformation
+  learning_rate: jax.Array
+  round: jax.Array
+  example_mask: Callable[[Batch], jax.Array] | None = None
+
+
+class ClientSlot(NamedTuple):
+  """One client of the cohort (a row of the vmapped per-client inputs).
+
+  Attributes:
+    id: client id in ``[0, K)``.
+    offset, size: its first row and number of rows in the packed dataset.
+    key: its key for this round (data order).
+    weight: its aggregation weight before the finiteness check.
+  """
+
+  id: jax.Array
+  offset: jax.Array
+  size: jax.Array
+  key: jax.Array
+  weight: jax.Array
+
+
+def local_steps(ctx: LocalContext, slot: ClientSlot,
+                correction: GradCorrection | None = None) -> ClientCarry:
+  """Runs one client's local steps from the global parameters.
+
+  Rows are gathered step by step inside the scan, so memory per client is one
+  batch, not ``S`` batches.
+  """
+  positions, mask = federated.client_plan(slot.size, slot.key, ctx.schedule)
+  rows = slot.offset + positions
+
+  def body(carry, xs):
+    step_rows, step_mask = xs
+    batch = jax.tree.map(lambda a: a[step_rows], ctx.examples)
+    return client_step(carry, batch, step_mask, loss_fn=ctx.loss_fn, frozen=ctx.frozen,
+                       tx=ctx.tx, example_mask=ctx.example_mask,
+                       correction=correction), None
+
+  carry, _ = jax.lax.scan(body, client_init(ctx.trainable, ctx.tx), (rows, mask))
+  return carry
+
+
 def local_update(trainable: PyTree, frozen: PyTree,
                  examples: Mapping[str, jax.Array], offset: jax.Array,
                  size: jax.Array, key: jax.Array, weight: jax.Array, *,
                  schedule: federated.LocalSchedule, loss_fn: PerExampleLossFn,
                  tx: optax.GradientTransformation,
                  example_mask: Callable[[Batch], jax.Array] | None = None) -> ClientResult:
-  """One client's whole local training on its rows of the packed dataset.
+  """One FedAvg client's whole local training on its rows of the packed dataset.
 
-  Rows are gathered step by step inside the scan, so memory per client is one
-  batch, not ``S`` batches.
+  A convenience over :func:`local_steps` and :func:`client_final` for code
+  that runs plain local training outside a round (the sequential reference).
 
   Args:
     trainable: global trainable parameters (shared across the cohort).
@@ -149,14 +225,10 @@ def local_update(trainable: PyTree, frozen: PyTree,
   Returns:
     The client's :class:`ClientResult`.
   """
-  positions, mask = federated.client_plan(size, key, schedule)
-  rows = offset + positions
-
-  def body(carry, xs):
-    step_rows, step_mask = xs
-    batch = jax.tree.map(lambda a: a[step_rows], examples)
-    return client_step(carry, batch, step_mask, loss_fn=loss_fn, frozen=frozen, tx=tx,
-                       example_mask=example_mask), None
-
-  carry, _ = jax.lax.scan(body, client_init(trainable, tx), (rows, mask))
-  return client_final(trainable, carry, size, weight)
+  ctx = LocalContext(trainable=trainable, broadcast=(), frozen=frozen, examples=examples,
+                     schedule=schedule, loss_fn=loss_fn, tx=tx,
+                     learning_rate=jnp.zeros((), jnp.float32),
+                     round=jnp.zeros((), jnp.int32), example_mask=example_mask)
+  slot = ClientSlot(id=jnp.zeros((), jnp.int32), offset=offset, size=size, key=key,
+                    weight=weight)
+  return client_final(trainable, local_steps(ctx, slot), size, weight)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from fedjax_mm import aggregation, algorithms, checks
 from fedjax_mm import client as client_lib
 from fedjax_mm import schedules
 from fedjax_mm.data import federated
@@ -46,6 +47,28 @@ def server_section(optimizer: str, learning_rate: float) -> ml_collections.Confi
   return _schedule_fields(section)
 
 
+def algorithm_section(name: str = "fedavg") -> ml_collections.ConfigDict:
+  """Default ``config.algorithm``: the client/server work and its options."""
+  return ml_collections.ConfigDict(dict(
+      name=name,          # fedavg | fedprox | scaffold | fednova
+      prox_mu=0.01))      # FedProx's proximal coefficient
+
+
+def aggregation_section() -> ml_collections.ConfigDict:
+  """Default ``config.aggregation``: weights, the aggregator and its options."""
+  return ml_collections.ConfigDict(dict(
+      weighting="num_examples",   # num_examples | uniform | custom
+      custom_weights_path="",     # .npy of [num_clients] weights, for custom
+      kind="mean",                # mean | median | trimmed_mean | krum | multi_krum | geometric_median
+      clip_norm=0.0,              # > 0: clip each client's delta to this L2 norm first
+      trim_fraction=0.1,          # trimmed_mean: dropped at each end per coordinate
+      num_byzantine=0,            # krum / multi_krum: tolerated faulty clients f
+      num_selected=0,             # multi_krum: m averaged (0: clients_per_round - f)
+      gm_smoothing=1e-6,          # geometric_median: Weiszfeld smoothing
+      gm_max_iters=100,
+      max_stack_mib=4096.0))      # whole-cohort aggregators: cap on the stacked updates
+
+
 class ConfigError(ValueError):
   """An invalid config field; the message names the field and allowed values."""
 
@@ -60,18 +83,52 @@ def _get(config: ml_collections.ConfigDict, path: str) -> Any:
 
 
 def _one_of(config, path: str, allowed: Sequence[str]) -> None:
-  value = _get(config, path)
-  if value not in allowed:
-    raise ConfigError(f"config.{path}: must be one of {tuple(allowed)}, got {value!r}")
+  try:
+    checks.one_of(f"config.{path}", _get(config, path), allowed)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _number(config, path: str, ok: Callable[[float], bool], rule: str,
             integer: bool = False) -> None:
-  value = _get(config, path)
-  kinds = (int,) if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kinds) or not ok(value):
-    kind = "an integer" if integer else "a number"
-    raise ConfigError(f"config.{path}: must be {kind} {rule}, got {value!r}")
+  try:
+    checks.number(f"config.{path}", _get(config, path), ok, rule, integer=integer)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate_parts(config: ml_collections.ConfigDict) -> None:
+  """``config.algorithm`` and ``config.aggregation`` (and how they combine)."""
+  _one_of(config, "algorithm.name", algorithms.ALGORITHMS)
+  _number(config, "algorithm.prox_mu", lambda v: v >= 0, ">= 0")
+  if config.algorithm.name == "fednova" and config.client.optimizer not in ("sgd", "momentum"):
+    raise ConfigError(
+        "config.client.optimizer: algorithm.name='fednova' normalizes by the effective "
+        "number of SGD steps, defined for ('sgd', 'momentum') clients, got "
+        f"{config.client.optimizer!r}")
+  _one_of(config, "aggregation.weighting", WEIGHTINGS)
+  if config.aggregation.weighting == "custom":
+    path = _get(config, "aggregation.custom_weights_path")
+    if not path or not os.path.isfile(path):
+      raise ConfigError("config.aggregation.custom_weights_path: must name an existing "
+                        f".npy file of [data.num_clients] weights, got {path!r}")
+  if config.sampling == "size" and config.aggregation.weighting == "num_examples":
+    raise ConfigError(
+        "config.sampling: 'size' with aggregation.weighting='num_examples' counts a "
+        "client's size twice (drawn in proportion to it, then weighted by it); use "
+        "aggregation.weighting='uniform' with size sampling, or sampling='uniform'")
+  _one_of(config, "aggregation.kind", aggregation.AGGREGATORS)
+  _number(config, "aggregation.clip_norm", lambda v: v >= 0, ">= 0 (0 = no clipping)")
+  _number(config, "aggregation.trim_fraction", lambda v: 0 <= v < 0.5, "in [0, 0.5)")
+  c = config.clients_per_round
+  _number(config, "aggregation.num_byzantine", lambda v: 0 <= v < c,
+          f"in [0, clients_per_round={c})", integer=True)
+  _number(config, "aggregation.num_selected", lambda v: 0 <= v <= c,
+          f"in [0, clients_per_round={c}] (0 = clients_per_round - num_byzantine)",
+          integer=True)
+  _number(config, "aggregation.gm_smoothing", lambda v: v > 0, "> 0")
+  _number(config, "aggregation.gm_max_iters", lambda v: v >= 1, ">= 1", integer=True)
+  _number(config, "aggregation.max_stack_mib", lambda v: v > 0, "> 0")
 
 
 def _schedule(config, prefix: str) -> None:
@@ -183,12 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         tau_placement=s.tau_placement, initial_v=s.initial_v)
   except ValueError as e:
     raise ConfigError(f"config.server: {e}") from None
-  _one_of(config, "aggregation.weighting", WEIGHTINGS)
-  if config.aggregation.weighting == "custom":
-    path = _get(config, "aggregation.custom_weights_path")
-    if not path or not os.path.isfile(path):
-      raise ConfigError("config.aggregation.custom_weights_path: must name an existing "
-                        f".npy file of [data.num_clients] weights, got {path!r}")
+  _validate_parts(config)
   _number(config, "eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)", integer=True)
   _number(config, "eval_batch_size", lambda v: v >= 1, ">= 1", integer=True)
   _number(config, "checkpoint.every", lambda v: v >= 0, ">= 0 (0 = only at the end)",

@@ -60,15 +60,18 @@ class ServerState:
     trainable: the global trainable parameters.
     opt_state: state of the server optax transform.
     rng: root PRNG key of the run; round keys are ``fold_in(rng, round)``.
-    extras: algorithm-specific server state (e.g. control variates); ``()``
-      when the algorithm has none.
+    algorithm: the algorithm's server-side state (e.g. SCAFFOLD's server
+      control variate); ``()`` when it has none.
+    aggregator: the aggregator's state carried across rounds; ``()`` when
+      it has none.
   """
 
   round: jax.Array
   trainable: PyTree
   opt_state: optax.OptState
   rng: jax.Array
-  extras: PyTree = ()
+  algorithm: PyTree = ()
+  aggregator: PyTree = ()
 
 
 @struct.dataclass
@@ -82,6 +85,8 @@ class ClientResult:
     loss_sum: sum over valid local steps of the step's mean loss.
     num_steps: local steps actually taken (padded steps excluded).
     is_finite: False when the update had a NaN/Inf and was excluded.
+    extras: named uploads besides the delta (e.g. SCAFFOLD's ``delta_c``,
+      FedNova's normalizer); summed over the cohort's counted clients.
   """
 
   delta: PyTree
@@ -90,3 +95,4 @@ class ClientResult:
   loss_sum: jax.Array
   num_steps: jax.Array
   is_finite: jax.Array
+  extras: Mapping[str, PyTree] = struct.field(default_factory=dict)

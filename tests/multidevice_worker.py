@@ -14,6 +14,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedjax_mm import aggregation, algorithms  # noqa: E402
 from fedjax_mm import client as client_lib  # noqa: E402
 from fedjax_mm.data import federated, synthetic  # noqa: E402
 from fedjax_mm.models import logreg  # noqa: E402
@@ -22,7 +23,7 @@ from fedjax_mm.simulation import mesh as mesh_lib, population  # noqa: E402
 from fedjax_mm.simulation import round as round_lib  # noqa: E402
 
 
-def run(mesh, rounds=3):
+def run(mesh, parts, rounds=3):
   K = 64
   data = synthetic.generate(0, K, size_mean=2.0, size_sigma=1.0, min_size=3, max_size=60)
   train = mesh_lib.put_replicated(federated.split_by_position(data, 0.9)[0], mesh)
@@ -31,29 +32,44 @@ def run(mesh, rounds=3):
                              schedule=federated.LocalSchedule("steps", 5, 4))
   tx = fedopt.make_server_optimizer("fedadam", learning_rate=0.05)
   fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
-                                        0.1, mesh=mesh))
-  state = mesh_lib.put_replicated(round_lib.init_server_state(task, tx, seed=5), mesh)
-  pop = mesh_lib.put_replicated(population.init_population(population.participation_stats(), K), mesh)
+                                        0.1, mesh=mesh, **parts))
+  state = mesh_lib.put_replicated(round_lib.init_server_state(
+      task, tx, seed=5, algorithm=parts.get("algorithm"),
+      aggregator=parts.get("aggregator")), mesh)
+  pop = mesh_lib.put_replicated(round_lib.init_population(
+      task, K, algorithm=parts.get("algorithm")), mesh)
   weights = mesh_lib.put_replicated(np.asarray(train.sizes, np.float32), mesh)
   hlo = fn.lower(state, pop, train, weights, None).compile().as_text()
   for _ in range(rounds):
     state, pop, metrics = fn(state, pop, train, weights, None)
-  return jax.device_get((state.trainable, pop.participations, metrics["train_loss"])), hlo
+  return jax.device_get((state.trainable, pop.stats.participations, metrics["train_loss"])), hlo
+
+
+# FedAvg + streaming mean; SCAFFOLD (model-sized client state, scattered per
+# chunk) + clipping + a whole-cohort trimmed mean.
+PARTS = {
+    "fedavg": {},
+    "scaffold_trimmed": {"algorithm": algorithms.scaffold(),
+                         "aggregator": aggregation.make_aggregator(
+                             "trimmed_mean", cohort_size=20, trim_fraction=0.1),
+                         "preprocessors": (aggregation.l2_clip(0.5),)},
+}
 
 
 def main():
-  (p1, c1, l1), _ = run(None)
   out = {"devices": jax.device_count()}
-  for n in (2, 8):
-    (pn, cn, ln), hlo = run(mesh_lib.make_client_mesh(n))
-    diffs = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
-             for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(pn))]
-    out[str(n)] = {
-        "max_rel_diff": max(diffs),
-        "loss_diff": float(abs(l1 - ln)),
-        "participations_equal": bool(np.array_equal(c1, cn)),
-        "has_cross_device_reduction": ("all-reduce" in hlo) or ("reduce-scatter" in hlo),
-    }
+  for name, parts in PARTS.items():
+    (p1, c1, l1), _ = run(None, parts)
+    for n in (2, 8):
+      (pn, cn, ln), hlo = run(mesh_lib.make_client_mesh(n), parts)
+      diffs = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
+               for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(pn))]
+      out[f"{name}/{n}"] = {
+          "max_rel_diff": max(diffs),
+          "loss_diff": float(abs(l1 - ln)),
+          "participations_equal": bool(np.array_equal(c1, cn)),
+          "has_cross_device_reduction": ("all-reduce" in hlo) or ("reduce-scatter" in hlo),
+      }
   json.dump(out, sys.stdout)
 
 

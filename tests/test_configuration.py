@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedjax_mm import client as client_lib
-from fedjax_mm import configuration
+from fedjax_mm import config_files, configuration
 from fedjax_mm import schedules
 from fedjax_mm.data import federated
 from fedjax_mm.server import fedopt
@@ -20,19 +19,8 @@ from fedjax_mm.simulation import round as round_lib
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      "synthetic_config", REPO_ROOT / "configs" / "synthetic.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-_CFG = _load_config_module()
-
-
 def _base(arg=None) -> ml_collections.ConfigDict:
-  return _CFG.get_config(arg)
+  return config_files.load(REPO_ROOT / "configs" / "synthetic.py", arg)
 
 
 def _set(path: str, value, ignore_type: bool = False):
@@ -130,7 +118,48 @@ _BAD = [
     ("eval_batch_zero", _set("eval_batch_size", 0), "eval_batch_size", r">= 1, got 0"),
     ("max_to_keep_zero", _set("checkpoint.max_to_keep", 0), "checkpoint.max_to_keep",
      r">= 1, got 0"),
+    ("algorithm_unknown", _set("algorithm.name", "fedsplit"), "algorithm.name",
+     r"must be one of \('fedavg', 'fedprox', 'scaffold', 'fednova'\), got 'fedsplit'"),
+    ("prox_mu_negative", _set("algorithm.prox_mu", -0.1), "algorithm.prox_mu",
+     r">= 0, got -0\.1"),
+    ("aggregator_unknown", _set("aggregation.kind", "bulyan"), "aggregation.kind",
+     r"must be one of \('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum', "
+     r"'geometric_median'\), got 'bulyan'"),
+    ("clip_negative", _set("aggregation.clip_norm", -1.0), "aggregation.clip_norm",
+     r">= 0 \(0 = no clipping\), got -1\.0"),
+    ("trim_half", _set("aggregation.trim_fraction", 0.5), "aggregation.trim_fraction",
+     r"in \[0, 0\.5\), got 0\.5"),
+    ("byzantine_ge_cohort", _set("aggregation.num_byzantine", 10),
+     "aggregation.num_byzantine", r"in \[0, clients_per_round=10\), got 10"),
+    ("selected_gt_cohort", _set("aggregation.num_selected", 11), "aggregation.num_selected",
+     r"in \[0, clients_per_round=10\].*got 11"),
+    ("gm_smoothing_zero", _set("aggregation.gm_smoothing", 0.0), "aggregation.gm_smoothing",
+     r"> 0, got 0\.0"),
+    ("gm_iters_zero", _set("aggregation.gm_max_iters", 0), "aggregation.gm_max_iters",
+     r">= 1, got 0"),
+    ("stack_cap_zero", _set("aggregation.max_stack_mib", 0.0), "aggregation.max_stack_mib",
+     r"> 0, got 0\.0"),
 ]
+
+
+def test_fednova_rejects_adaptive_clients():
+  config = _base()
+  config.algorithm.name, config.client.optimizer = "fednova", "adam"
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.client\.optimizer: .*fednova.*\('sgd', 'momentum'\)"):
+    configuration.validate(config)
+  config.client.optimizer = "momentum"
+  configuration.validate(config)
+
+
+def test_size_sampling_with_example_weights_is_rejected():
+  config = _base()
+  config.sampling = "size"
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.sampling: .*counts a client's size twice"):
+    configuration.validate(config)
+  config.aggregation.weighting = "uniform"   # the unbiased pairing is accepted
+  configuration.validate(config)
 
 
 @pytest.mark.parametrize("mutate, path, rule", [c[1:] for c in _BAD],
@@ -207,6 +236,7 @@ def test_valid_variations_pass(tmp_path):
   config.client.learning_rate = 3  # an int is a number
   config.local.mode = "steps"
   config.sampling = "size"
+  config.aggregation.weighting = "uniform"   # size sampling needs unweighted means
   config.clients_per_round = 30    # the whole population
   config.data.test_fraction = 0.5
   config.data.alpha = 0.0
@@ -251,11 +281,7 @@ def test_zero_tau_and_zero_initial_v_fail_validation():
 
 
 def _fedma_config(name: str, preset: str):
-  spec = importlib.util.spec_from_file_location(f"{name}_config",
-                                                REPO_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return config_files.load(REPO_ROOT / "configs" / f"{name}.py", preset)
 
 
 @pytest.mark.parametrize("name", ["fedma", "fedma_demo"])

@@ -35,7 +35,7 @@ def _run(build, spec, train, server_tx, rounds=3, client_lr=0.1, weights=None,
   args = (TASK, spec, server_tx, client_lib.make_client_optimizer(client_opt), client_lr)
   fn = build(*args)
   state = round_lib.init_server_state(TASK, server_tx, seed=1)
-  pop = population.init_population(population.participation_stats(), K)
+  pop = round_lib.init_population(TASK, K)
   weights = train.sizes.astype(jnp.float32) if weights is None else weights
   history = []
   for _ in range(rounds):
@@ -65,7 +65,7 @@ def test_vmapped_round_equals_sequential_loop(train, mode, server):
   for f, s in zip(fast_m, slow_m):
     np.testing.assert_allclose(float(f["train_loss"]), s["train_loss"], rtol=1e-6)
     assert int(f["client_steps"]) == s["client_steps"]
-  np.testing.assert_array_equal(fast_pop.participations, slow_pop.participations)
+  np.testing.assert_array_equal(fast_pop.stats.participations, slow_pop.stats.participations)
 
 
 def test_chunked_equals_unchunked(train):
@@ -74,8 +74,8 @@ def test_chunked_equals_unchunked(train):
   for chunk in (1, 7, 8):  # 7 does not divide 20: the cohort gets padding clients
     part, part_pop, _ = _run(_jit_round, _spec(chunk=chunk), train, tx)
     _assert_trees_close(whole.trainable, part.trainable)
-    np.testing.assert_array_equal(whole_pop.participations, part_pop.participations)
-    np.testing.assert_array_equal(whole_pop.last_round, part_pop.last_round)
+    np.testing.assert_array_equal(whole_pop.stats.participations, part_pop.stats.participations)
+    np.testing.assert_array_equal(whole_pop.stats.last_round, part_pop.stats.last_round)
 
 
 def test_padded_client_equals_unpadded():
@@ -130,7 +130,7 @@ def test_round_traced_once_across_cohorts(train):
                                 optax.cosine_decay_schedule(0.1, 10))
   jitted = jax.jit(chex.assert_max_traces(fn, n=1), donate_argnums=(0, 1))
   state = round_lib.init_server_state(TASK, tx, seed=0)
-  pop = population.init_population(population.participation_stats(), K)
+  pop = round_lib.init_population(TASK, K)
   cohorts = []
   for _ in range(4):
     cohorts.append(np.asarray(round_lib.cohort_ids(state, spec, None)))
@@ -144,17 +144,17 @@ def test_population_state_round_trip_across_rounds(train):
   tx = optax.sgd(1.0)
   fn = _jit_round(TASK, spec, tx, client_lib.make_client_optimizer("sgd"), 0.1)
   state = round_lib.init_server_state(TASK, tx, seed=3)
-  pop = population.init_population(population.participation_stats(), K)
+  pop = round_lib.init_population(TASK, K)
   counts, last = np.zeros(K, int), np.full(K, -1)
   for r in range(6):
     ids = np.asarray(round_lib.cohort_ids(state, spec, None))  # independent recomputation
     counts[ids] += 1
     last[ids] = r
     state, pop, _ = fn(state, pop, train, train.sizes.astype(jnp.float32), None)
-  np.testing.assert_array_equal(pop.participations, counts)
-  np.testing.assert_array_equal(pop.last_round, last)
-  assert np.all(np.isnan(pop.last_loss[counts == 0]))
-  assert np.all(np.isfinite(pop.last_loss[counts > 0]))
+  np.testing.assert_array_equal(pop.stats.participations, counts)
+  np.testing.assert_array_equal(pop.stats.last_round, last)
+  assert np.all(np.isnan(pop.stats.last_loss[counts == 0]))
+  assert np.all(np.isfinite(pop.stats.last_loss[counts > 0]))
   # Gather/scatter alone: writing gathered rows back is the identity.
   ids = jnp.asarray([5, 2, 9])
   rows = population.gather(pop, ids)
@@ -171,7 +171,7 @@ def test_nonfinite_client_is_excluded_and_counted(train):
   tx = optax.sgd(1.0)
   state, pop, metrics = _run(_jit_round, spec, poisoned, tx, rounds=2)
   assert [int(m["num_nonfinite_clients"]) for m in metrics] == [1, 1]
-  assert int(pop.nonfinite_updates[poisoned_client]) == 2
+  assert int(pop.stats.nonfinite_updates[poisoned_client]) == 2
   # Same as a run where that client simply has weight 0 (on clean data).
   weights = train.sizes.astype(jnp.float32).at[poisoned_client].set(0.0)
   clean, _, _ = _run(_jit_round, spec, train, tx, rounds=2, weights=weights)
@@ -184,7 +184,7 @@ def test_client_learning_rate_schedule_is_indexed_by_round(train):
   fn = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
                                         client_lib.make_client_optimizer("sgd"), schedule))
   state = round_lib.init_server_state(TASK, optax.sgd(1.0), seed=0)
-  pop = population.init_population(population.participation_stats(), K)
+  pop = round_lib.init_population(TASK, K)
   for r in range(3):
     before = state.trainable
     state, pop, metrics = fn(state, pop, train, train.sizes.astype(jnp.float32), None)

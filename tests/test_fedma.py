@@ -1,7 +1,6 @@
 """Fed-MA end to end on tiny towers: frozen weights stay frozen and shared,
 cached features = uncached, a short federated run beats the untrained floor."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -24,10 +23,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def tiny_config(cache_dir: str, preset: str = "iid"):
-  spec = importlib.util.spec_from_file_location("fedma_config", ROOT / "configs/fedma.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(preset)
+  config = config_files.load(ROOT / "configs/fedma.py", preset)
   config.data.num_clients = 40
   config.clients_per_round = 20
   config.data.examples_per_client = 60
@@ -56,7 +52,7 @@ def _round(config, setup, cohort):
   fn = round_lib.build_round_fn(setup.task, spec, tx, client_lib.make_client_optimizer("adam"),
                                 1e-3)
   state = round_lib.init_server_state(setup.task, tx, seed=0)
-  pop = population.init_population(population.participation_stats(), config.data.num_clients)
+  pop = round_lib.init_population(setup.task, config.data.num_clients)
   return fn, state, pop
 
 

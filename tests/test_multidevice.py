@@ -17,9 +17,9 @@ def test_one_device_equals_eight_devices():
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["devices"] == 8
-  for n in ("2", "8"):
+  for n in ("fedavg/2", "fedavg/8", "scaffold_trimmed/2", "scaffold_trimmed/8"):
     assert out[n]["max_rel_diff"] <= 1e-6, out
     assert out[n]["loss_diff"] <= 1e-6, out
     assert out[n]["participations_equal"], out
-    # The clients axis really is sharded: the weighted sum crosses devices.
+    # The clients axis really is sharded: the reduction crosses devices.
     assert out[n]["has_cross_device_reduction"], out

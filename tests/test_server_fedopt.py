@@ -26,15 +26,29 @@ RULES = ("fedadam", "fedyogi", "fedadagrad")
 FACTORIES = {"fedadam": server.fedadam, "fedyogi": server.fedyogi,
              "fedadagrad": server.fedadagrad}
 
+# Flower's default tau per strategy API: flwr.serverapp.strategy ("flower")
+# and the legacy flwr.server.strategy ("flower_legacy").
+FLOWER_TAU = {
+    ("flower", "fedadam"): 1e-3, ("flower", "fedyogi"): 1e-3,
+    ("flower", "fedadagrad"): 1e-3,
+    ("flower_legacy", "fedadam"): 1e-9, ("flower_legacy", "fedyogi"): 1e-3,
+    ("flower_legacy", "fedadagrad"): 1e-9,
+}
+
 # The presets, restated independently of the module: (b1, b2, tau,
 # bias_correction, tau_placement, v0); v0 None means tau**2.
 EXPECTED_PRESETS = {
     ("reddi", "fedadam"): (0.9, 0.99, 1e-3, "none", "uncorrected", None),
     ("reddi", "fedyogi"): (0.9, 0.99, 1e-3, "none", "uncorrected", None),
     ("reddi", "fedadagrad"): (0.9, None, 1e-3, "none", "uncorrected", None),
-    ("flower", "fedadam"): (0.9, 0.99, 1e-9, "from_two", "uncorrected", 0.0),
+    ("flower", "fedadam"): (0.9, 0.99, 1e-3, "from_two", "uncorrected", 0.0),
     ("flower", "fedyogi"): (0.9, 0.99, 1e-3, "none", "uncorrected", 0.0),
-    ("flower", "fedadagrad"): (0.0, None, 1e-9, "none", "uncorrected", 0.0),
+    ("flower", "fedadagrad"): (0.0, None, 1e-3, "none", "uncorrected", 0.0),
+    ("flower_legacy", "fedadam"): (0.9, 0.99, 1e-9, "from_two", "uncorrected",
+                                   0.0),
+    ("flower_legacy", "fedyogi"): (0.9, 0.99, 1e-3, "none", "uncorrected", 0.0),
+    ("flower_legacy", "fedadagrad"): (0.0, None, 1e-9, "none", "uncorrected",
+                                      0.0),
     ("optax", "fedadam"): (0.9, 0.999, 1e-8, "from_one", "corrected", 0.0),
     ("optax", "fedyogi"): (0.9, 0.999, 1e-3, "from_one", "corrected", 1e-6),
     ("optax", "fedadagrad"): (0.0, None, 1e-7, "from_one", "corrected", 0.1),
@@ -119,7 +133,7 @@ def _from_list(arrays):
   return dict(zip(SHAPES, [np.array(a) for a in arrays]))
 
 
-def _flower(rule, x0, deltas, eta, beta_1=0.9, beta_2=0.99, tau=1e-9):
+def _flower(rule, x0, deltas, eta, tau, beta_1=0.9, beta_2=0.99):
   """Flower's FedAdam/FedYogi/FedAdagrad aggregate_fit, as Flower writes it.
 
   Flower receives client weights; their weighted mean is current - Δ, so
@@ -226,8 +240,9 @@ def test_every_preset_matches_algorithm2_reference(rule, convention):
 
 
 EXPLICIT_CASES = [
-    ("fedadam", dict(convention="flower", b2=0.95, bias_correction="from_one",
-                     tau_placement="corrected", initial_v=1e-4),
+    ("fedadam", dict(convention="flower_legacy", b2=0.95,
+                     bias_correction="from_one", tau_placement="corrected",
+                     initial_v=1e-4),
      (0.9, 0.95, 1e-9, "from_one", "corrected", 1e-4)),
     ("fedadam", dict(convention="optax", tau=1e-3, tau_placement="uncorrected"),
      (0.9, 0.999, 1e-3, "from_one", "uncorrected", 0.0)),
@@ -242,7 +257,7 @@ EXPLICIT_CASES = [
      (0.5, None, 1e-2, "from_one", "corrected", 0.0)),
     ("fedadagrad", dict(convention="flower", b1=0.9,
                         bias_correction="from_two"),
-     (0.9, None, 1e-9, "from_two", "uncorrected", 0.0)),
+     (0.9, None, 1e-3, "from_two", "uncorrected", 0.0)),
 ]
 
 
@@ -260,13 +275,14 @@ def test_explicit_options_override_the_preset(rule, kwargs, expected):
 # --------------------------------------------- framework reproductions
 
 
+@pytest.mark.parametrize("convention", ["flower", "flower_legacy"])
 @pytest.mark.parametrize("rule,eta", [("fedadam", 0.1), ("fedyogi", 0.01),
                                       ("fedadagrad", 0.1)])
-def test_flower_preset_reproduces_flower_strategies(rule, eta):
+def test_flower_presets_reproduce_flower_strategies(rule, eta, convention):
   x0, deltas = _problem(seed=3)
-  got, _ = _run(FACTORIES[rule](eta, convention="flower"), x0, deltas)
-  kwargs = {"tau": 1e-3} if rule == "fedyogi" else {}
-  _assert_history_close(got, _flower(rule, x0, deltas, eta, **kwargs))
+  got, _ = _run(FACTORIES[rule](eta, convention=convention), x0, deltas)
+  tau = FLOWER_TAU[(convention, rule)]
+  _assert_history_close(got, _flower(rule, x0, deltas, eta, tau))
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -336,6 +352,34 @@ def test_first_step_flower_fedadam_is_0_7425_eta_sign():
   for k in SHAPES:
     np.testing.assert_allclose(step[k], -factor * eta * np.sign(deltas[0][k]),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("convention", ["flower", "flower_legacy"])
+@pytest.mark.parametrize("rule", RULES)
+def test_flower_presets_tau_on_a_tiny_first_step(rule, convention):
+  # |Δ| = 1e-6: √v ~ 1e-7 sits between the two APIs' τ (1e-9 and 1e-3), so the
+  # first step is ~η·0.74 (τ = 1e-9) or ~1e-4·η (τ = 1e-3): swapping the
+  # presets' τ fails by orders of magnitude.
+  eta, b1, b2 = 0.1, 0.9, 0.99
+  tau = FLOWER_TAU[(convention, rule)]
+  d = {k: 1e-6 * np.where(np.arange(np.prod(s)).reshape(s) % 2, 1.0, -1.0)
+       for k, s in SHAPES.items()}
+  step = _first_step(FACTORIES[rule](eta, convention=convention), d)
+  for k in SHAPES:
+    g = d[k]
+    if rule == "fedadam":  # eta_norm with exponent server_round + 1 = 2
+      m, v = (1 - b1) * g, (1 - b2) * g * g
+      want = eta * np.sqrt(1 - b2**2) / (1 - b1**2) * m / (np.sqrt(v) + tau)
+    elif rule == "fedyogi":  # v = 0 - (1 - b2)·Δ²·sign(0 - Δ²)
+      m, v = (1 - b1) * g, (1 - b2) * g * g
+      want = eta * m / (np.sqrt(v) + tau)
+    else:  # beta_1 = 0: m = Δ, v = Δ²
+      want = eta * g / (np.sqrt(g * g) + tau)
+    np.testing.assert_allclose(step[k], -want, rtol=1e-5)
+  if tau == 1e-9 and rule != "fedyogi":
+    assert np.abs(step["w"]).min() > 0.5 * eta
+  else:
+    assert np.abs(step["w"]).max() < 1e-2 * eta
 
 
 def test_first_step_optax_convention_is_eta_sign():
@@ -474,7 +518,7 @@ def test_unknown_name_message():
   with pytest.raises(ValueError) as info:
     server.make_server_optimizer("sgd", learning_rate=1.0)
   assert str(info.value) == (
-      "server optimizer name must be one of ('fedavg', 'fedavgm', 'fedadam', "
+      "server optimizer name: must be one of ('fedavg', 'fedavgm', 'fedadam', "
       "'fedyogi', 'fedadagrad'), got 'sgd'")
 
 
@@ -485,11 +529,12 @@ def test_unknown_name_message():
     (dict(tau_placement="inside"),
      ["tau_placement", "'corrected'", "'uncorrected'", "'inside'"]),
     (dict(convention="pytorch"),
-     ["convention", "'reddi'", "'flower'", "'optax'", "'tff'", "'pytorch'"]),
-    (dict(b1=1.0), ["b1", "[0, 1)"]),
-    (dict(b1=-0.1), ["b1", "[0, 1)"]),
-    (dict(tau=-1e-3), ["tau", "non-negative"]),
-    (dict(initial_v=-1.0), ["initial_v", "non-negative"]),
+     ["convention", "'reddi'", "'flower'", "'flower_legacy'", "'optax'",
+      "'tff'", "'pytorch'"]),
+    (dict(b1=1.0), ["b1", "[0, 1)", "1.0"]),
+    (dict(b1=-0.1), ["b1", "[0, 1)", "-0.1"]),
+    (dict(tau=-1e-3), ["tau", ">= 0", "-0.001"]),
+    (dict(initial_v=-1.0), ["initial_v", ">= 0", "-1.0"]),
     (dict(tau=0.0, initial_v=0.0), ["tau", "initial_v"]),
 ])
 def test_bad_options_raise_naming_option_and_allowed_values(rule, kwargs,
@@ -503,11 +548,13 @@ def test_bad_options_raise_naming_option_and_allowed_values(rule, kwargs,
 
 
 def test_bad_b2_and_momentum_raise():
-  with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
+  with pytest.raises(ValueError,
+                     match=r"^b2: must be a number in \[0, 1\), got 1\.0$"):
     server.fedadam(0.1, b2=1.0)
-  with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+  with pytest.raises(ValueError,
+                     match=r"^momentum: must be a number in \[0, 1\), got -0\.5$"):
     server.fedavgm(1.0, -0.5)
-  with pytest.raises(ValueError, match="momentum must be 0 for 'fedavg'"):
+  with pytest.raises(ValueError, match="momentum: must be 0 for 'fedavg'"):
     server.make_server_optimizer("fedavg", learning_rate=1.0, momentum=0.9)
-  with pytest.raises(ValueError, match="convention must be one of"):
+  with pytest.raises(ValueError, match="^convention: must be one of"):
     server.make_server_optimizer("fedavg", learning_rate=1.0, convention="x")

@@ -1,0 +1,66 @@
+"""Aggregation of the cohort's uploads: streaming and whole-cohort reductions.
+
+The whole-cohort reductions are also plain public functions (stacked pytree
+``[C, ...]``, weights ``[C]``, mask ``[C]`` -> aggregate), callable outside a
+round: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`krum`,
+:func:`geometric_median`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from fedjax_mm.aggregation import robust
+from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
+                                        StreamingAggregator, stateless)
+from fedjax_mm.aggregation.clipping import l2_clip
+from fedjax_mm.aggregation.mean import weighted_mean
+from fedjax_mm.aggregation.robust import (coordinate_median, geometric_median, krum,
+                                          krum_scores, trimmed_mean)
+
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
+
+
+def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
+                    num_byzantine: int = 0, num_selected: int = 0,
+                    smoothing: float = 1e-6, max_iters: int = 100) -> Aggregator:
+  """An aggregator by name.
+
+  Args:
+    kind: one of ``AGGREGATORS``.
+    cohort_size: C (Multi-Krum's default selection is ``C - num_byzantine``).
+    trim_fraction: trimmed mean's β (dropped at each end per coordinate).
+    num_byzantine: f, the number of faulty clients Krum tolerates.
+    num_selected: Multi-Krum's m (0: ``C - f``).
+    smoothing, max_iters: the geometric median's ν and iteration cap.
+  """
+  if kind == "mean":
+    return weighted_mean()
+  if kind == "median":
+    return stateless("median", lambda d, w, m: (coordinate_median(d, w, m), {}))
+  if kind == "trimmed_mean":
+    return stateless("trimmed_mean", lambda d, w, m: (
+        trimmed_mean(d, w, m, trim_fraction=trim_fraction), {}))
+  if kind in ("krum", "multi_krum"):
+    m = 1 if kind == "krum" else (num_selected or max(cohort_size - num_byzantine, 1))
+
+    def reduce_krum(d, w, mask):
+      result, selected = krum(d, w, mask, num_byzantine=num_byzantine, num_selected=m)
+      return result, {"num_selected": jnp.sum(selected).astype(jnp.float32)}
+
+    return stateless(kind, reduce_krum)
+  if kind == "geometric_median":
+
+    def reduce_gm(d, w, mask):
+      result, iterations = geometric_median(d, w, mask, smoothing=smoothing,
+                                            max_iters=max_iters)
+      return result, {"iterations": jnp.asarray(iterations, jnp.float32)}
+
+    return stateless(kind, reduce_gm)
+  raise ValueError(f"aggregation kind must be one of {AGGREGATORS}, got {kind!r}")
+
+
+__all__ = ["AGGREGATORS", "Aggregator", "CohortAggregator", "Preprocessor",
+           "StreamingAggregator", "coordinate_median", "geometric_median", "krum",
+           "krum_scores", "l2_clip", "make_aggregator", "robust", "stateless",
+           "trimmed_mean", "weighted_mean"]

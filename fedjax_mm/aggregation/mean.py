@@ -11,31 +11,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_mm.aggregation.base import StreamingAggregator, no_state
 from fedjax_mm.types import PyTree
-
-
-class Aggregator(NamedTuple):
-  """Reduces per-client deltas ``[C, ...]`` to one delta, chunk by chunk.
-
-  Attributes:
-    init: ``template delta -> accumulator``.
-    accumulate: ``(acc, deltas [c, ...], weights [c]) -> acc``; called once
-      per chunk of the cohort (padding clients have weight 0).
-    finalize: ``acc -> (aggregate delta, total weight)``.
-    streaming: True when memory is O(chunk); False when the aggregator keeps
-      every client's update (robust statistics need the whole stack).
-  """
-
-  init: Callable[[PyTree], PyTree]
-  accumulate: Callable[[PyTree, PyTree, jax.Array], PyTree]
-  finalize: Callable[[PyTree], tuple[PyTree, jax.Array]]
-  streaming: bool
 
 
 class MeanAccumulator(NamedTuple):
@@ -43,10 +26,11 @@ class MeanAccumulator(NamedTuple):
   weight_sum: jax.Array
 
 
-def weighted_mean() -> Aggregator:
+def weighted_mean() -> StreamingAggregator:
   """``sum_k w_k delta_k / sum_k w_k`` (zero delta when all weights are 0)."""
 
-  def init(template: PyTree) -> MeanAccumulator:
+  def start(state, template: PyTree) -> MeanAccumulator:
+    del state
     return MeanAccumulator(optax.tree.zeros_like(template), jnp.zeros((), jnp.float32))
 
   def accumulate(acc: MeanAccumulator, deltas: PyTree, weights: jax.Array):
@@ -55,9 +39,11 @@ def weighted_mean() -> Aggregator:
     return MeanAccumulator(optax.tree.add(acc.weighted_sum, chunk_sum),
                            acc.weight_sum + jnp.sum(weights))
 
-  def finalize(acc: MeanAccumulator):
+  def finalize(state, acc: MeanAccumulator, key):
+    del key
     scale = jnp.where(acc.weight_sum > 0, 1.0 / jnp.maximum(acc.weight_sum, 1e-30), 0.0)
     mean = jax.tree.map(lambda s: (s * scale).astype(s.dtype), acc.weighted_sum)
-    return mean, acc.weight_sum
+    return mean, state, {}
 
-  return Aggregator(init, accumulate, finalize, streaming=True)
+  return StreamingAggregator(name="mean", init=no_state, start=start,
+                             accumulate=accumulate, finalize=finalize)

@@ -192,3 +192,36 @@ def client_plan(size: jax.Array, key: jax.Array, schedule: LocalSchedule
   keys = permutation.pass_keys(permutation.round_keys(key), epoch)
   perm = permutation.permute(within, n, keys)
   return jnp.where(mask, perm, 0), mask
+
+
+def rows_covered(size: jax.Array, schedule: LocalSchedule) -> jax.Array:
+  """Distinct rows a client of ``size`` rows trains on under ``schedule``.
+
+  Equal to ``size`` unless the step cap truncates the first pass (epochs mode
+  with ``ceil(n / B) > S``) or ``S * B < n`` in steps mode. Each pass is a
+  permutation, so the rows of the plan's first pass are distinct.
+  """
+  n = jnp.asarray(size, jnp.int32)
+  B, S = schedule.batch_size, schedule.num_steps
+  if schedule.mode == "steps":
+    seen = S * jnp.minimum(B, n)
+  else:
+    steps_per_epoch = (n + B - 1) // B
+    taken = jnp.minimum(schedule.num_epochs * steps_per_epoch, S)
+    seen = jnp.where(taken >= steps_per_epoch, n, taken * B)
+  return jnp.minimum(n, seen)
+
+
+def trainable_sizes(data: FederatedData, example_mask=None) -> np.ndarray:
+  """``[K]`` number of each client's rows that can train (host numpy, int64).
+
+  Args:
+    data: a packed population.
+    example_mask: the task's ``batch -> [B] bool`` (e.g. rows with a
+      caption); None: every row trains, i.e. ``data.sizes``.
+  """
+  if example_mask is None:
+    return np.asarray(data.sizes).astype(np.int64)
+  trainable = np.asarray(example_mask(data.examples), bool)
+  return np.bincount(example_owners(data), weights=trainable,
+                     minlength=data.num_clients).astype(np.int64)

@@ -28,11 +28,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_mm.models.vision import TransformerBlock
+from fedjax_mm.models.layers import EMBED_INIT
+from fedjax_mm.models.layers import TransformerBlock
 
 PAD, BOS, EOS, SEP, UNK = 0, 1, 2, 3, 4
-
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class CausalLM(nn.Module):
@@ -58,8 +57,8 @@ class CausalLM(nn.Module):
   tie_embeddings: bool = True
 
   def setup(self) -> None:
-    self.token_embed = nn.Embed(self.vocab_size, self.width, embedding_init=_EMBED_INIT)
-    self.pos_embed = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width))
+    self.token_embed = nn.Embed(self.vocab_size, self.width, embedding_init=EMBED_INIT)
+    self.pos_embed = self.param("pos_embed", EMBED_INIT, (self.max_len, self.width))
     self.blocks = [TransformerBlock(self.num_heads, self.mlp_dim, causal=True)
                    for _ in range(self.depth)]
     self.ln_final = nn.LayerNorm()

@@ -12,8 +12,9 @@ convolutional stem (the hybrid ViT). On the shapes world the conv stem learns
 most attributes markedly faster per step (the towers' default); all stems are
 written as matmuls because XLA:CPU differentiates convolutions slowly.
 
-The transformer block (:class:`TransformerBlock`, pre-LN) is shared with the
-causal language model in :mod:`fedjax_mm.models.language`.
+The transformer block (:class:`~fedjax_mm.models.layers.TransformerBlock`,
+pre-LN) is shared with the causal language model
+(:mod:`fedjax_mm.models.language`) through :mod:`fedjax_mm.models.layers`.
 
 References:
   Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image
@@ -29,11 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_mm.models.layers import EMBED_INIT
+from fedjax_mm.models.layers import TransformerBlock
+
 IMAGE_SIZE = 32
 STEMS = ("patch", "overlap", "conv")
-# GPT-2 / ViT style small-normal init for embeddings; keeps the residual
-# stream's initial scale independent of width.
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 def extract_patches(images: jax.Array, window: int, stride: int) -> jax.Array:
@@ -66,35 +67,6 @@ def _im2col_3x3_stride2(x: jax.Array) -> jax.Array:
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   return jnp.concatenate([xp[:, dy:dy + h:2, dx:dx + w:2] for dy in range(3) for dx in range(3)],
                          axis=-1)
-
-
-class TransformerBlock(nn.Module):
-  """Pre-LN transformer block: ``x + MHA(LN(x))`` then ``x + MLP(LN(x))``.
-
-  Attributes:
-    num_heads: attention heads (must divide the width).
-    mlp_dim: hidden width of the GELU MLP.
-    causal: whether position ``t`` may only attend to positions ``<= t``.
-  """
-
-  num_heads: int
-  mlp_dim: int
-  causal: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    width = x.shape[-1]
-    mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.bool_)) if self.causal else None
-    h = nn.LayerNorm(name="ln_attn")(x)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, qkv_features=width, out_features=width,
-        name="attn")(h, h, mask=mask)
-    x = x + h
-    h = nn.LayerNorm(name="ln_mlp")(x)
-    h = nn.Dense(self.mlp_dim, name="mlp_in")(h)
-    h = nn.gelu(h)
-    h = nn.Dense(width, name="mlp_out")(h)
-    return x + h
 
 
 class ViT(nn.Module):
@@ -151,7 +123,7 @@ class ViT(nn.Module):
       x = nn.Dense(self.width, name="patch_embed")(extract_patches(x, window, self.patch_size))
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
-    pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw, d))
+    pos = self.param("pos_embed", EMBED_INIT, (1, gh * gw, d))
     x = x + pos
     for i in range(self.depth):
       x = TransformerBlock(self.num_heads, self.mlp_dim, name=f"block_{i}")(x)

@@ -1,22 +1,22 @@
 """Server-side optimizers applied to the aggregated client pseudo-gradient."""
 
-from fedjax_mm.server.fedopt import BIAS_CORRECTIONS
-from fedjax_mm.server.fedopt import CONVENTIONS
-from fedjax_mm.server.fedopt import DEFAULT_CONVENTION
-from fedjax_mm.server.fedopt import FedAdagradState
-from fedjax_mm.server.fedopt import FedAdamState
-from fedjax_mm.server.fedopt import FedYogiState
+from fedjax_mm.server.adaptive import FedAdagradState
+from fedjax_mm.server.adaptive import FedAdamState
+from fedjax_mm.server.adaptive import FedYogiState
+from fedjax_mm.server.adaptive import scale_by_fedadagrad
+from fedjax_mm.server.adaptive import scale_by_fedadam
+from fedjax_mm.server.adaptive import scale_by_fedyogi
+from fedjax_mm.server.conventions import BIAS_CORRECTIONS
+from fedjax_mm.server.conventions import CONVENTIONS
+from fedjax_mm.server.conventions import DEFAULT_CONVENTION
+from fedjax_mm.server.conventions import TAU_PLACEMENTS
 from fedjax_mm.server.fedopt import SERVER_OPTIMIZERS
-from fedjax_mm.server.fedopt import TAU_PLACEMENTS
 from fedjax_mm.server.fedopt import fedadagrad
 from fedjax_mm.server.fedopt import fedadam
 from fedjax_mm.server.fedopt import fedavg
 from fedjax_mm.server.fedopt import fedavgm
 from fedjax_mm.server.fedopt import fedyogi
 from fedjax_mm.server.fedopt import make_server_optimizer
-from fedjax_mm.server.fedopt import scale_by_fedadagrad
-from fedjax_mm.server.fedopt import scale_by_fedadam
-from fedjax_mm.server.fedopt import scale_by_fedyogi
 
 __all__ = [
     "BIAS_CORRECTIONS",

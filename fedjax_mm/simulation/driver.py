@@ -13,57 +13,44 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+from absl import logging
 import numpy as np
 import tqdm
 
 from fedjax_mm import checkpoint as checkpoint_lib
-from fedjax_mm import client as client_lib
-from fedjax_mm import configuration, evaluation, metrics as metrics_lib, schedules
+from fedjax_mm import configuration, evaluation, metrics as metrics_lib
 from fedjax_mm import setups
 from fedjax_mm.data import federated
-from fedjax_mm.server import fedopt
+from fedjax_mm.simulation import builders
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
 from fedjax_mm.simulation import round as round_lib
+from fedjax_mm.simulation import run_config
 
 
 class NonFiniteError(RuntimeError):
-  """The global model's training loss became NaN/Inf."""
+  """Training diverged: the loss became NaN/Inf or every client's update did."""
 
 
-def _schedule(section: ml_collections.ConfigDict, num_rounds: int):
-  return schedules.make_schedule(
-      section.schedule, section.learning_rate, num_rounds=num_rounds,
-      warmup_rounds=section.warmup_rounds, decay_rate=section.decay_rate,
-      end_value=section.end_value, step_rounds=section.step_rounds)
+def check_round(record: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Stops the run when a round could not update the model for NaN/Inf.
 
-
-def build_server_optimizer(config: ml_collections.ConfigDict):
-  s = config.server
-  return fedopt.make_server_optimizer(
-      s.optimizer, learning_rate=_schedule(s, config.num_rounds),
-      momentum=s.momentum if s.optimizer == "fedavgm" else 0.0,
-      b1=s.b1, b2=s.b2, tau=s.tau, convention=s.convention,
-      bias_correction=s.bias_correction, tau_placement=s.tau_placement,
-      initial_v=s.initial_v)
-
-
-def aggregation_weights(config: ml_collections.ConfigDict,
-                        train: federated.FederatedData) -> np.ndarray:
-  """``[K]`` aggregation weights by ``config.aggregation.weighting``."""
-  weighting = config.aggregation.weighting
-  if weighting == "num_examples":
-    return np.asarray(train.sizes, np.float32)
-  if weighting == "uniform":
-    return np.ones((train.num_clients,), np.float32)
-  weights = np.load(config.aggregation.custom_weights_path).astype(np.float32)
-  if weights.shape != (train.num_clients,) or np.any(weights < 0):
-    raise configuration.ConfigError(
-        "config.aggregation.custom_weights_path: must hold non-negative weights of shape "
-        f"[{train.num_clients}], got shape {weights.shape}")
-  return weights
+  Raises:
+    NonFiniteError: every client of the round was excluded for NaN/Inf (the
+      server would silently stand still), or the training loss is not finite.
+  """
+  r = record["round"]
+  if record["num_nonfinite_clients"] >= config.clients_per_round:
+    raise NonFiniteError(
+        f"round {r}: all {config.clients_per_round} clients sent NaN/Inf updates and were "
+        f"excluded, so the model cannot move; the local training diverged: lower "
+        f"client.learning_rate (now {config.client.learning_rate})")
+  if not np.isfinite(record["train_loss"]):
+    raise NonFiniteError(
+        f"round {r}: training loss is {record['train_loss']} "
+        f"({record['num_nonfinite_clients']} clients excluded for NaN/Inf); "
+        "lower client.learning_rate or server.learning_rate")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -90,42 +77,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
 
-  # --- Data, model, optimizers, the compiled round. --------------------------
+  ckpt = checkpoint_lib.Checkpointer(
+      workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+      save_interval_steps=config.checkpoint.every or config.num_rounds,
+      async_save=config.checkpoint.async_save)
+  resuming = ckpt.latest_step() is not None
+  if resuming:
+    try:
+      run_config.check_resume(workdir, config)
+    except configuration.ConfigError:
+      ckpt.close()
+      raise
+  run_config.save(workdir, config)
+
+  # --- Data, model, parts, the compiled round. --------------------------------
   started = time.perf_counter()
   train, test, task, setup_info = setup or setups.build(config, progress=progress)
   mesh = mesh_lib.make_client_mesh(config.num_devices)
-  server_tx = build_server_optimizer(config)
+  server_tx = builders.server_optimizer(config)
+  parts = builders.round_parts(config)
   spec = round_lib.RoundSpec(
       num_clients=config.data.num_clients, cohort_size=config.clients_per_round,
       chunk_size=config.chunk_size, sampling=config.sampling,
       schedule=federated.LocalSchedule(config.local.mode, config.local.num_steps,
                                        config.local.batch_size, config.local.num_epochs))
-  state_rule = population.participation_stats()
-  round_fn = jax.jit(round_lib.build_round_fn(
-      task, spec, server_tx,
-      client_lib.make_client_optimizer(config.client.optimizer,
-                                       momentum=config.client.momentum),
-      _schedule(config.client, config.num_rounds), mesh=mesh, state_rule=state_rule),
-      donate_argnums=(0, 1))
+  truncation = builders.truncation_report(spec.schedule, train)
+  if truncation:
+    logging.warning(
+        "config.local.num_steps=%d caps epochs mode: %.0f%% of clients cannot finish "
+        "%d epoch(s) and %.1f%% of all rows are never seen (num_steps=%d would cover "
+        "every client); metrics.jsonl records rows_used_fraction per round",
+        config.local.num_steps, 100 * truncation["fraction_of_clients"],
+        config.local.num_epochs, 100 * truncation["fraction_of_rows"],
+        truncation["steps_needed"])
+  try:
+    round_fn = jax.jit(round_lib.build_round_fn(
+        task, spec, server_tx, builders.client_optimizer(config),
+        builders.schedule(config.client, config.num_rounds), mesh=mesh,
+        algorithm=parts.algorithm, aggregator=parts.aggregator,
+        preprocessors=parts.preprocessors,
+        max_stack_bytes=int(config.aggregation.max_stack_mib * 2**20)),
+        donate_argnums=(0, 1))
+  except ValueError as e:
+    raise configuration.ConfigError(f"config.aggregation.max_stack_mib: {e}") from None
   eval_fn = jax.jit(evaluation.build_eval_fn(task, test, config.eval_batch_size))
-  agg_weights = mesh_lib.put_replicated(aggregation_weights(config, train), mesh)
-  sample_weights = mesh_lib.put_replicated(np.asarray(train.sizes, np.float32), mesh)
+  weights = builders.aggregation_weights(config, train, task)
+  agg_weights = mesh_lib.put_replicated(weights, mesh)
+  # Size sampling draws by the rows that can train, like the weights.
+  sample_weights = mesh_lib.put_replicated(
+      federated.trainable_sizes(train, task.example_mask).astype(np.float32), mesh)
   train_dev = mesh_lib.put_replicated(train, mesh)
   test_dev = mesh_lib.put_replicated(test, mesh)
   frozen = mesh_lib.put_replicated(task.frozen, mesh)
 
   # --- Initial state, or the latest checkpoint. ------------------------------
   run_state = mesh_lib.put_replicated({
-      "server": round_lib.init_server_state(task, server_tx, config.seed),
-      "population": population.init_population(state_rule, config.data.num_clients),
+      "server": round_lib.init_server_state(task, server_tx, config.seed,
+                                            algorithm=parts.algorithm,
+                                            aggregator=parts.aggregator),
+      "population": round_lib.init_population(task, config.data.num_clients,
+                                              algorithm=parts.algorithm),
   }, mesh)
   history: list[dict[str, Any]] = []
-  ckpt = checkpoint_lib.Checkpointer(
-      workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-      save_interval_steps=config.checkpoint.every or config.num_rounds,
-      async_save=config.checkpoint.async_save)
   start_round = 0
-  if ckpt.latest_step() is not None:
+  if resuming:
     run_state, meta = ckpt.restore(None, checkpoint_lib.abstract_like(run_state))
     history = list(meta["history"])
     start_round = int(run_state["server"].round)
@@ -146,11 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run_state = {"server": server, "population": pop}
     record = {"round": r + 1, **metrics_lib.to_python(jax.device_get(round_metrics))}
     train_seconds += time.perf_counter() - tick
-    if not np.isfinite(record["train_loss"]):
-      raise NonFiniteError(
-          f"round {r + 1}: training loss is {record['train_loss']} "
-          f"({record['num_nonfinite_clients']} clients excluded for NaN/Inf); "
-          "lower client.learning_rate or server.learning_rate")
+    check_round(record, config)
     is_last = r + 1 == config.num_rounds
     if is_last or (config.eval_every and (r + 1) % config.eval_every == 0):
       record.update({f"eval_{k}": v for k, v in evaluate(server.trainable).items()})
@@ -165,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Summary. -----------------------------------------------------------------
   final = history[-1] if history else {}
-  pop = jax.device_get(run_state["population"])
+  pop = jax.device_get(run_state["population"].stats)
   summary = {
       "rounds": config.num_rounds,
       "resumed_from_round": start_round,
@@ -176,6 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "wall_seconds": time.perf_counter() - started,
       "round_seconds_this_run": train_seconds,
       "devices": jax.device_count(),
+      "algorithm": parts.algorithm.name,
+      "aggregator": parts.aggregator.name,
+      "epochs_truncation": truncation,
       "setup": setup_info,
   }
   metrics_lib.write_summary(workdir, summary)

@@ -3,8 +3,9 @@
 State that must survive between a client's participations (SCAFFOLD control
 variates, error-feedback residuals, personal parameters, participation
 statistics) lives in one pytree whose leaves have a leading population axis K.
-Each round gathers the cohort's rows and scatters the updated rows back; no
-per-client Python object exists.
+The round gathers a chunk's rows and scatters the updated rows back inside
+its chunk loop, so model-sized state costs O(chunk) working memory on top of
+the O(K) store; no per-client Python object exists.
 """
 
 from __future__ import annotations
@@ -31,10 +32,31 @@ class ClientStateRule(NamedTuple):
   update: Callable[[PyTree, ClientResult, jax.Array], PyTree]
 
 
-def init_population(rule: ClientStateRule, num_clients: int) -> PyTree:
-  """Broadcasts one client's initial state to ``[K, ...]``."""
+@struct.dataclass
+class PopulationState:
+  """The whole population's persistent state, every leaf ``[K, ...]``.
+
+  Attributes:
+    stats: bookkeeping kept by the :class:`ClientStateRule` (participation).
+    client: the algorithm's per-client state (e.g. SCAFFOLD's control
+      variates); ``()`` when it keeps none.
+  """
+
+  stats: PyTree
+  client: PyTree = ()
+
+
+def broadcast_population(one_client: PyTree, num_clients: int) -> PyTree:
+  """Broadcasts one client's state to ``[K, ...]``."""
   return jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (num_clients,) + jnp.shape(x)).copy(), rule.init())
+      lambda x: jnp.broadcast_to(x, (num_clients,) + jnp.shape(x)).copy(), one_client)
+
+
+def init_population(rule: ClientStateRule, num_clients: int,
+                    client_state: PyTree = ()) -> PopulationState:
+  """Round-0 population: the rule's bookkeeping and ``client_state`` for every client."""
+  return PopulationState(stats=broadcast_population(rule.init(), num_clients),
+                         client=broadcast_population(client_state, num_clients))
 
 
 def gather(population_state: PyTree, ids: jax.Array) -> PyTree:
@@ -48,8 +70,10 @@ def scatter(population_state: PyTree, ids: jax.Array, rows: PyTree,
 
   Cohort ids are distinct, so the write is a well-defined permutation.
   """
-  num_clients = jax.tree.leaves(population_state)[0].shape[0]
-  target = jnp.where(valid, ids, num_clients)  # out of range -> dropped
+  leaves = jax.tree.leaves(population_state)
+  if not leaves:
+    return population_state
+  target = jnp.where(valid, ids, leaves[0].shape[0])  # out of range -> dropped
   return jax.tree.map(lambda x, r: x.at[target].set(r, mode="drop"),
                       population_state, rows)
 

@@ -1,6 +1,6 @@
 """A sequential reference round: a Python loop of one jitted client update per client.
 
-This is how simple simulators run a round. It exists to check the vmapped,
+This is how simple simulators run a round (FedAvg client work, weighted mean). It exists to check the vmapped,
 chunked, sharded round against (tests) and to measure it against (the engine
 benchmark). It shares the client update, cohort sampling and per-client keys
 with the real round, and nothing of its batching, chunking, sharding or
@@ -50,7 +50,7 @@ def build_sequential_round(
     ids = round_lib.cohort_ids(state, spec, sample_weights)
     keys = jax.vmap(lambda i: jax.random.key_data(round_lib.client_key(state, i)))(ids)
     return (ids, keys, data.offsets[ids], data.sizes[ids], agg_weights[ids],
-            population.gather(population_state, ids))
+            population.gather(population_state.stats, ids))
 
   @functools.partial(jax.jit, donate_argnums=0)
   def one_client(acc, trainable, examples, offset, size, key_data, weight, lr,
@@ -95,8 +95,8 @@ def build_sequential_round(
     loss_sum, num_steps, num_examples, finite = map(np.asarray, zip(*jax.device_get(scalars)))
     # Stack on the host: jnp.stack of C operands compiles a C-way concat.
     stacked = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *jax.device_get(new_states))
-    population_state = population.scatter(
-        population_state, jnp.asarray(ids), stacked, jnp.ones(len(ids), bool))
+    population_state = population_state.replace(stats=population.scatter(
+        population_state.stats, jnp.asarray(ids), stacked, jnp.ones(len(ids), bool)))
     counted = finite.astype(np.float64) * num_examples
     mean_loss = loss_sum / np.maximum(num_steps, 1)
     metrics = {"train_loss": float(np.sum(mean_loss * counted) / max(np.sum(counted), 1.0)),

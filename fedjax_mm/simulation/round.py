@@ -1,10 +1,14 @@
-"""One federated round as one jittable function.
+"""One federated round as one jittable function, composed of parts.
 
-sample cohort -> gather client rows and state -> vmap local training over a
-chunk of clients (sharded over ``"clients"``) -> stream the chunk into the
-aggregator -> next chunk (``lax.scan``) -> server optax transform -> scatter
-client state back. Shapes depend only on static settings, so the function is
-traced once whatever the cohort and the clients' sizes.
+sample cohort -> per chunk of clients (``lax.scan``): gather their persistent
+state, run the algorithm's client work vmapped over the chunk (sharded over
+``"clients"``), exclude NaN/Inf uploads, preprocess each upload (vmapped,
+keyed), then stream the chunk into a streaming aggregator (or stack it for a
+whole-cohort one), sum the named extras, scatter the state back -> aggregate
+-> the algorithm's server work -> server optax transform. Shapes depend only
+on static settings, so the function is traced once whatever the cohort and
+the clients' sizes. No algorithm, aggregator or part metric is named here:
+parts report metrics, merged as ``"<part name>/<metric>"``.
 
 References:
   McMahan et al., FedAvg, AISTATS 2017; Reddi et al., "Adaptive Federated
@@ -14,7 +18,8 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +27,17 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_mm import client as client_lib
-from fedjax_mm.aggregation.mean import Aggregator, weighted_mean
+from fedjax_mm.aggregation.base import Aggregator, CohortAggregator, Preprocessor
+from fedjax_mm.aggregation.mean import weighted_mean
+from fedjax_mm.algorithms.base import Aggregates, Algorithm
+from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
-from fedjax_mm.types import PyTree, ServerState, Task
+from fedjax_mm.types import ClientResult, PyTree, ServerState, Task
 
 SAMPLINGS = ("uniform", "size")
+DEFAULT_MAX_STACK_BYTES = 4 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +86,57 @@ def client_key(state: ServerState, client_id: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(round_key(state), 1), client_id)
 
 
+def preprocess_key(state: ServerState, client_id: jax.Array) -> jax.Array:
+  """A client's key for its upload's preprocessing (independent of its data key)."""
+  return jax.random.fold_in(jax.random.fold_in(round_key(state), 2), client_id)
+
+
+def aggregator_key(state: ServerState) -> jax.Array:
+  return jax.random.fold_in(round_key(state), 3)
+
+
+def stack_bytes(template: PyTree, num_clients: int) -> int:
+  """Bytes of ``num_clients`` stacked copies of ``template``."""
+  return num_clients * sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                           for x in jax.tree.leaves(template))
+
+
+def check_stack_fits(aggregator: Aggregator, template: PyTree, num_clients: int,
+                     max_bytes: int) -> None:
+  """Refuses a whole-cohort aggregator whose stacked updates exceed ``max_bytes``."""
+  if not isinstance(aggregator, CohortAggregator):
+    return
+  size = stack_bytes(template, num_clients)
+  if size > max_bytes:
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(template))
+    raise ValueError(
+        f"aggregator {aggregator.name!r} stacks the whole cohort: {num_clients} clients x "
+        f"{params:,} parameters = {size / 2**20:,.1f} MiB > the cap of "
+        f"{max_bytes / 2**20:,.1f} MiB; lower clients_per_round, raise the cap, or use a "
+        "streaming aggregator")
+
+
+def _prefixed(name: str, metrics) -> dict[str, jax.Array]:
+  return {f"{name}/{k}": v for k, v in metrics.items()}
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+def _exclude_nonfinite(result: ClientResult, new_state: PyTree, old_state: PyTree):
+  """Extends ``client_final``'s check to the extras; an excluded client keeps its state."""
+  finite = result.is_finite & _all_finite(result.extras)
+  zero = lambda tree: jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), tree)
+  result = result.replace(
+      delta=zero(result.delta), extras=zero(result.extras), is_finite=finite,
+      weight=jnp.where(finite, result.weight, 0.0),
+      loss_sum=jnp.where(finite, result.loss_sum, 0.0))
+  new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+  return result, new_state
+
+
 def build_round_fn(
     task: Task,
     spec: RoundSpec,
@@ -85,21 +145,26 @@ def build_round_fn(
     client_lr: optax.ScalarOrSchedule,
     *,
     mesh: Mesh | None = None,
+    algorithm: Algorithm | None = None,
     aggregator: Aggregator | None = None,
+    preprocessors: Sequence[Preprocessor] = (),
     state_rule: population.ClientStateRule | None = None,
-) -> Callable[..., tuple[ServerState, PyTree, dict[str, jax.Array]]]:
-  """Builds ``round_fn(state, population_state, data, agg_weights, sample_weights)``.
+    max_stack_bytes: int = DEFAULT_MAX_STACK_BYTES,
+) -> Callable[..., tuple[ServerState, population.PopulationState, dict[str, jax.Array]]]:
+  """Builds ``round_fn(state, population_state, data, agg_weights, sample_weights, frozen)``.
 
   Args:
     task: model functions and frozen parameters.
     spec: static round settings.
-    server_tx: server optax transform applied to the aggregated delta.
+    server_tx: server optax transform applied to the server work's output.
     client_optimizer: ``lr -> optax transform`` for local training.
     client_lr: client learning rate, a float or a schedule indexed by round.
     mesh: optional mesh; the clients axis of each chunk is sharded over it.
-    aggregator: defaults to the streaming weighted mean.
-    state_rule: per-client persistent state rule (default: participation
-      statistics).
+    algorithm: client and server work (default FedAvg).
+    aggregator: streaming or whole-cohort (default the streaming weighted mean).
+    preprocessors: per-client steps applied to each upload, in order.
+    state_rule: per-client bookkeeping (default: participation statistics).
+    max_stack_bytes: cap on the stacked cohort of a whole-cohort aggregator.
 
   Returns:
     A pure function; wrap it in ``jax.jit`` (donating the first two args).
@@ -107,98 +172,167 @@ def build_round_fn(
     counts, ones, or custom); ``sample_weights`` ``[K]`` or None; ``frozen``
     the frozen parameters (default ``task.frozen``; pass them to keep large
     weights out of the compiled program's constants).
+
+  Raises:
+    ValueError: a whole-cohort aggregator whose stack exceeds the cap.
   """
+  algorithm = algorithm or fedavg()
   aggregator = aggregator or weighted_mean()
   state_rule = state_rule or population.participation_stats()
   num_devices = mesh.size if mesh is not None else 1
   num_chunks, chunk = spec.chunking(num_devices)
   padded = num_chunks * chunk
+  streaming = not isinstance(aggregator, CohortAggregator)
   lr_fn = client_lr if callable(client_lr) else (lambda _: client_lr)
+  template = jax.eval_shape(task.init_trainable, jax.random.key(0))
+  check_stack_fits(aggregator, template, padded, max_stack_bytes)
+  sharded = mesh is not None and mesh.size > 1
+  spmd = {"spmd_axis_name": mesh_lib.CLIENTS_AXIS} if sharded else {}
 
-  def round_fn(state: ServerState, population_state: PyTree,
+  def round_fn(state: ServerState, population_state: population.PopulationState,
                data: federated.FederatedData, agg_weights: jax.Array,
                sample_weights: jax.Array | None = None, frozen: PyTree | None = None):
     # Frozen weights enter as an argument (not a compile-time constant) and
     # are shared by every client: in_axes=None in effect, never per client.
     frozen = task.frozen if frozen is None else frozen
     ids = cohort_ids(state, spec, sample_weights)
-    pad = padded - spec.cohort_size
     valid = jnp.arange(padded) < spec.cohort_size
-    ids = jnp.concatenate([ids, jnp.zeros((pad,), jnp.int32)])
+    ids = jnp.concatenate([ids, jnp.zeros((padded - spec.cohort_size,), jnp.int32)])
     per_client = {
         "id": ids,
         "valid": valid,
         "offset": data.offsets[ids],
         "size": jnp.where(valid, data.sizes[ids], 0),
         "weight": jnp.where(valid, agg_weights[ids], 0.0).astype(jnp.float32),
-        "state": population.gather(population_state, ids),
     }
-    tx = client_optimizer(lr_fn(state.round))
+    lr = jnp.asarray(lr_fn(state.round), jnp.float32)
+    ctx = client_lib.LocalContext(
+        trainable=state.trainable, broadcast=algorithm.server.broadcast(state.algorithm),
+        frozen=frozen, examples=data.examples, schedule=spec.schedule,
+        loss_fn=task.per_example_loss, tx=client_optimizer(lr), learning_rate=lr,
+        round=state.round, example_mask=task.example_mask)
 
-    def one_client(c):
-      result = client_lib.local_update(
-          state.trainable, frozen, data.examples, c["offset"], c["size"],
-          client_key(state, c["id"]), c["weight"], schedule=spec.schedule,
-          loss_fn=task.per_example_loss, tx=tx,
-          example_mask=task.example_mask)
-      return result, state_rule.update(c["state"], result, state.round)
+    def one_client(c, client_state, stats):
+      slot = client_lib.ClientSlot(id=c["id"], offset=c["offset"], size=c["size"],
+                                   key=client_key(state, c["id"]), weight=c["weight"])
+      result, new_state, metrics = algorithm.client.update(ctx, slot, client_state)
+      result, new_state = _exclude_nonfinite(result, new_state, client_state)
+      metrics = _prefixed(algorithm.name, metrics)
+      delta, key = result.delta, preprocess_key(state, c["id"])
+      for i, pre in enumerate(preprocessors):
+        delta, pre_metrics = pre.apply(delta, jax.random.fold_in(key, i))
+        metrics.update(_prefixed(pre.name, pre_metrics))
+      counted = c["valid"] & result.is_finite
+      mean_loss = result.loss_sum / jnp.maximum(result.num_steps, 1)
+      engine = {
+          "loss_x_examples": jnp.where(counted, mean_loss * result.num_examples, 0.0),
+          "examples": jnp.where(counted, result.num_examples, 0.0),
+          "client_steps": result.num_steps,
+          "nonfinite": (c["valid"] & ~result.is_finite).astype(jnp.int32),
+          "counted": counted.astype(jnp.int32),
+          "weight": result.weight,
+          "delta_norm": jnp.where(counted, optax.tree.norm(result.delta), 0.0),
+          "rows_covered": federated.rows_covered(c["size"], spec.schedule),
+          "rows": c["size"],
+      }
+      only_counted = lambda tree: jax.tree.map(
+          lambda x: jnp.where(counted, x, jnp.zeros_like(x)), tree)
+      sums = {**engine, **only_counted(metrics), "extras": only_counted(result.extras)}
+      return delta, result.weight, counted, sums, new_state, state_rule.update(
+          stats, result, state.round)
 
     def chunk_body(carry, xs):
-      acc, sums = carry
+      acc, sums, pop = carry
       xs = mesh_lib.shard_clients_axis(xs, mesh)
-      results, new_states = jax.vmap(one_client)(xs)
-      results = mesh_lib.shard_clients_axis(results, mesh)
-      acc = aggregator.accumulate(acc, results.delta, results.weight)
-      mean_loss = results.loss_sum / jnp.maximum(results.num_steps, 1)
-      counted = xs["valid"] & results.is_finite
-      sums = {
-          "loss_x_examples": sums["loss_x_examples"] + jnp.sum(
-              jnp.where(counted, mean_loss * results.num_examples, 0.0)),
-          "examples": sums["examples"] + jnp.sum(jnp.where(counted, results.num_examples, 0.0)),
-          "client_steps": sums["client_steps"] + jnp.sum(results.num_steps),
-          "nonfinite": sums["nonfinite"] + jnp.sum(xs["valid"] & ~results.is_finite),
-          "delta_norm": sums["delta_norm"] + jnp.sum(jnp.where(
-              counted, jax.vmap(optax.tree.norm)(results.delta), 0.0)),
-      }
-      return (acc, sums), new_states
+      rows = lambda tree: population.gather(tree, xs["id"])
+      deltas, weights, counted, client_sums, new_states, new_stats = jax.vmap(
+          one_client, **spmd)(xs, rows(pop.client), rows(pop.stats))
+      deltas = mesh_lib.shard_clients_axis(deltas, mesh)
+      pop = population.PopulationState(
+          stats=population.scatter(pop.stats, xs["id"], new_stats, xs["valid"]),
+          client=population.scatter(pop.client, xs["id"], new_states, xs["valid"]))
+      sums = jax.tree.map(lambda s, c: s + jnp.sum(c, axis=0), sums, client_sums)
+      if streaming:
+        return (aggregator.accumulate(acc, deltas, weights), sums, pop), None
+      return (acc, sums, pop), (deltas, weights, counted & (weights > 0))
 
     chunked = jax.tree.map(lambda x: x.reshape((num_chunks, chunk) + x.shape[1:]), per_client)
-    zero = lambda dtype: jnp.zeros((), dtype)
-    sums0 = {"loss_x_examples": zero(jnp.float32), "examples": zero(jnp.float32),
-             "client_steps": zero(jnp.int32), "nonfinite": zero(jnp.int32),
-             "delta_norm": zero(jnp.float32)}
-    (acc, sums), new_states = jax.lax.scan(
-        chunk_body, (aggregator.init(state.trainable), sums0), chunked)
-    new_states = jax.tree.map(lambda x: x.reshape((padded,) + x.shape[2:]), new_states)
+    # The sums' structure (which metrics, which extras) is the parts' business:
+    # read it off one client's abstract evaluation.
+    one = jax.tree.map(lambda x: x[0], per_client)
+    shapes = jax.eval_shape(
+        one_client, one, population.gather(population_state.client, one["id"]),
+        population.gather(population_state.stats, one["id"]))[3]
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    acc0 = aggregator.start(state.aggregator, state.trainable) if streaming else ()
+    (acc, sums, new_population), stacked = jax.lax.scan(
+        chunk_body, (acc0, sums0, population_state), chunked)
 
-    aggregate, total_weight = aggregator.finalize(acc)
-    updates, opt_state = server_tx.update(aggregate, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    # No usable update this round (all excluded): keep the server as it was.
-    has_update = total_weight > 0
+    if streaming:
+      aggregate, agg_state, agg_metrics = aggregator.finalize(
+          state.aggregator, acc, aggregator_key(state))
+    else:
+      deltas, weights, mask = jax.tree.map(
+          lambda x: x.reshape((padded,) + x.shape[2:]), stacked)
+      aggregate, agg_state, agg_metrics = aggregator.aggregate(
+          state.aggregator, deltas, weights, mask, aggregator_key(state))
+    aggregates = Aggregates(delta=aggregate, extras=sums.pop("extras"),
+                            weight_sum=sums["weight"], num_counted=sums["counted"],
+                            num_clients=spec.num_clients,
+                            population_weight=jnp.sum(agg_weights.astype(jnp.float32)))
+    server_delta, alg_state, alg_metrics = algorithm.server.finalize(
+        state.algorithm, aggregates)
+    updates, opt_state = server_tx.update(server_delta, state.opt_state, state.trainable)
+    # No usable update this round (all excluded or weightless): keep the
+    # server as it was. The driver stops a run whose clients all failed.
+    has_update = (sums["counted"] > 0) & (sums["weight"] > 0)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(has_update, n, o), new, old)
     new_state = state.replace(
         round=state.round + 1,
-        trainable=keep(trainable, state.trainable),
-        opt_state=keep(opt_state, state.opt_state))
-    num_finite = jnp.maximum(spec.cohort_size - sums["nonfinite"], 1)
+        trainable=keep(optax.apply_updates(state.trainable, updates), state.trainable),
+        opt_state=keep(opt_state, state.opt_state),
+        algorithm=keep(alg_state, state.algorithm),
+        aggregator=keep(agg_state, state.aggregator))
+    num_counted = jnp.maximum(sums["counted"], 1)
+    part_means = {k: v / num_counted for k, v in sums.items() if "/" in k}
     metrics = {
         "train_loss": sums["loss_x_examples"] / jnp.maximum(sums["examples"], 1.0),
         "client_steps": sums["client_steps"],
         "num_nonfinite_clients": sums["nonfinite"],
-        "update_norm": optax.tree.norm(aggregate),
-        "mean_client_delta_norm": sums["delta_norm"] / num_finite,
-        "client_lr": jnp.asarray(lr_fn(state.round), jnp.float32),
+        "num_counted_clients": sums["counted"],
+        "update_norm": optax.tree.norm(server_delta),
+        "mean_client_delta_norm": sums["delta_norm"] / num_counted,
+        "rows_used_fraction": sums["rows_covered"] / jnp.maximum(sums["rows"], 1),
+        "client_lr": lr,
+        **part_means,
+        **_prefixed(aggregator.name, agg_metrics),
+        **_prefixed(algorithm.name, alg_metrics),
     }
-    return new_state, population.scatter(population_state, ids, new_states, valid), metrics
+    return new_state, new_population, metrics
 
   return round_fn
 
 
-def init_server_state(task: Task, server_tx: optax.GradientTransformation,
-                      seed: int) -> ServerState:
+def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed: int, *,
+                      algorithm: Algorithm | None = None,
+                      aggregator: Aggregator | None = None) -> ServerState:
   """Round-0 server state; parameters are drawn from a key no round uses."""
+  algorithm = algorithm or fedavg()
+  aggregator = aggregator or weighted_mean()
   root = jax.random.key(seed)
   trainable = task.init_trainable(jax.random.fold_in(root, 2**31 - 1))
   return ServerState(round=jnp.zeros((), jnp.int32), trainable=trainable,
-                     opt_state=server_tx.init(trainable), rng=root)
+                     opt_state=server_tx.init(trainable), rng=root,
+                     algorithm=algorithm.server.init(trainable),
+                     aggregator=aggregator.init(trainable))
+
+
+def init_population(task: Task, num_clients: int, *, algorithm: Algorithm | None = None,
+                    state_rule: population.ClientStateRule | None = None
+                    ) -> population.PopulationState:
+  """Round-0 population state for ``algorithm`` (bookkeeping + its client state)."""
+  algorithm = algorithm or fedavg()
+  state_rule = state_rule or population.participation_stats()
+  template = jax.eval_shape(task.init_trainable, jax.random.key(0))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+  return population.init_population(state_rule, num_clients, algorithm.client.init_state(zeros))

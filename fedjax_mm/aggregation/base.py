@@ -1,0 +1,98 @@
+"""Aggregation as stateful, keyed processes over the cohort's uploads.
+
+Two kinds, explicit in the type (the round picks its memory plan from it):
+
+* :class:`StreamingAggregator`: sum-decomposable reductions (mean, clipped
+  mean, noised sum). The round feeds it the cohort chunk by chunk, so memory
+  is O(chunk x model).
+* :class:`CohortAggregator`: reductions that need every update at once
+  (median, trimmed mean, Krum, geometric median, Fed-CMP). The round stacks
+  the cohort's deltas ``[C, ...]`` for these only, and refuses up front when
+  the stack would exceed a memory cap.
+
+Before either, :class:`Preprocessor` steps (clipping; later compression and
+local DP noise) run on each client's delta, vmapped, each with its own key.
+Aggregator state persists across rounds in ``ServerState.aggregator``.
+
+References:
+  The process shape follows TFF's aggregation factories (wrap, then reduce)
+  and pfl-research's per-user postprocessors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+
+from fedjax_mm.types import PyTree
+
+Metrics = Mapping[str, jax.Array]
+
+
+class StreamingAggregator(NamedTuple):
+  """A sum-decomposable reduction, streamed chunk by chunk.
+
+  Attributes:
+    name: prefix of its metrics.
+    init: ``template delta -> state`` carried across rounds (``()`` if none).
+    start: ``(state, template delta) -> accumulator`` at the round's start.
+    accumulate: ``(acc, deltas [c, ...], weights [c]) -> acc`` once per chunk;
+      excluded and padding clients arrive with weight 0 and a zero delta.
+    finalize: ``(state, acc, key) -> (aggregate, new state, metrics)``.
+  """
+
+  name: str
+  init: Callable[[PyTree], PyTree]
+  start: Callable[[PyTree, PyTree], PyTree]
+  accumulate: Callable[[PyTree, PyTree, jax.Array], PyTree]
+  finalize: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree, Metrics]]
+
+
+class CohortAggregator(NamedTuple):
+  """A reduction over the whole cohort's stacked updates.
+
+  Attributes:
+    name: prefix of its metrics.
+    init: ``template delta -> state`` carried across rounds (``()`` if none).
+    aggregate: ``(state, deltas [C, ...], weights [C], mask [C], key) ->
+      (aggregate, new state, metrics)``; ``mask`` is False for padding,
+      excluded and zero-weight clients, whose rows must not matter.
+  """
+
+  name: str
+  init: Callable[[PyTree], PyTree]
+  aggregate: Callable[[PyTree, PyTree, jax.Array, jax.Array, jax.Array],
+                      tuple[PyTree, PyTree, Metrics]]
+
+
+Aggregator = StreamingAggregator | CohortAggregator
+
+
+class Preprocessor(NamedTuple):
+  """A per-client step on each upload before aggregation (vmapped by the round).
+
+  Attributes:
+    name: prefix of its metrics.
+    apply: ``(delta, key) -> (delta, metrics)`` for one client; metrics are
+      per-client scalars, reported as their mean over counted clients.
+  """
+
+  name: str
+  apply: Callable[[PyTree, jax.Array], tuple[PyTree, Metrics]]
+
+
+def no_state(_: PyTree) -> tuple:
+  return ()
+
+
+def stateless(name: str, reduce: Callable[[PyTree, jax.Array, jax.Array],
+                                          tuple[PyTree, Metrics]]) -> CohortAggregator:
+  """A :class:`CohortAggregator` from a pure ``(deltas, weights, mask) -> (aggregate, metrics)``."""
+
+  def aggregate(state, deltas, weights, mask, key):
+    del key
+    result, metrics = reduce(deltas, weights, mask)
+    return result, state, metrics
+
+  return CohortAggregator(name=name, init=no_state, aggregate=aggregate)

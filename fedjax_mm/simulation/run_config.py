@@ -1,0 +1,71 @@
+"""The resolved config of a run, saved in its workdir and checked on resume.
+
+A resumed run must be the run that was started: a changed optimizer,
+schedule, number of rounds, algorithm or data would silently splice two
+different runs into one history. ``config.json`` is written when a run
+starts; on resume the new config is compared with it field by field and any
+change outside :data:`HARMLESS` (evaluation, checkpoint cadence, execution
+layout) is refused with the fields named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from fedjax_mm import configuration
+
+FILENAME = "config.json"
+# Fields that change how a run is observed or laid out, not what it computes
+# (chunking and device count may change the last bits of float sums only).
+HARMLESS = ("eval_every", "eval_batch_size", "checkpoint.", "num_devices", "chunk_size",
+            "data.eval_clients", "model.cache_dir")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _is_harmless(field: str) -> bool:
+  return any(field == h or (h.endswith(".") and field.startswith(h)) for h in HARMLESS)
+
+
+def as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as JSON-able nested dicts (what ``config.json`` holds)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """``"field: old -> new"`` for every field that alters the run."""
+  old, new = _flatten(saved), _flatten(current)
+  return [f"config.{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+          for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not _is_harmless(k)]
+
+
+def save(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  (Path(workdir) / FILENAME).write_text(json.dumps(as_dict(config), indent=1, sort_keys=True))
+
+
+def check_resume(workdir: Path, config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`configuration.ConfigError` if ``config`` alters the saved run.
+
+  A workdir without ``config.json`` (written by an older version) is
+  accepted as it is.
+  """
+  path = Path(workdir) / FILENAME
+  if not path.exists():
+    return
+  changes = changed_fields(json.loads(path.read_text()), as_dict(config))
+  if changes:
+    raise configuration.ConfigError(
+        f"resuming {workdir} with a config that changes the run: {'; '.join(changes)} "
+        "(use a new --workdir; only evaluation, checkpoint and layout fields may change)")

@@ -1,0 +1,406 @@
+"""Tests of fedjax_mm.aggregation.robust against independent NumPy references.
+
+The references below are written from the papers' definitions, loop by loop,
+in float64, and see only the valid clients' rows (the functions under test
+get the padded stack with garbage in the masked-out rows):
+  - Yin et al. (ICML 2018): coordinate-wise median and beta-trimmed mean;
+  - Blanchard et al. (NeurIPS 2017): Krum scores, Krum and Multi-Krum;
+  - Pillutla et al. (IEEE TSP 2022, RFA): smoothed Weiszfeld iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_mm.aggregation import robust
+
+C = 9
+SHAPES = {"b": (5,), "w": (3, 4)}  # jax.tree orders dict leaves by key.
+GARBAGE = 1e20
+RTOL, ATOL = 1e-5, 1e-5
+
+# ------------------------------------------------------------------ helpers
+
+
+def _problem(seed: int, num_clients: int = C):
+  """A float32 stack with 2-3 masked-out rows holding large garbage.
+
+  Returns (updates pytree, weights [C], mask [C]) as NumPy arrays.
+  """
+  rng = np.random.default_rng(seed)
+  updates = {k: rng.normal(size=(num_clients,) + s).astype(np.float32)
+             for k, s in SHAPES.items()}
+  weights = rng.uniform(0.5, 2.0, size=num_clients).astype(np.float32)
+  num_invalid = 2 + seed % 2
+  invalid = rng.choice(num_clients, size=num_invalid, replace=False)
+  mask = np.ones(num_clients, bool)
+  mask[invalid] = False
+  for leaf in updates.values():
+    signs = rng.choice([-1.0, 1.0], size=leaf[invalid].shape)
+    leaf[invalid] = (GARBAGE * signs).astype(np.float32)
+  weights[invalid] = 1e9
+  return updates, weights, mask
+
+
+def _flat(tree, stacked: bool = False) -> np.ndarray:
+  """float64 [P] (or [C, P] if stacked), leaves in sorted-key order."""
+  leaves = [np.asarray(tree[k], np.float64) for k in sorted(tree)]
+  if stacked:
+    return np.concatenate([l.reshape(len(l), -1) for l in leaves], axis=1)
+  return np.concatenate([l.reshape(-1) for l in leaves])
+
+
+def _assert_client_shaped(tree):
+  assert set(tree) == set(SHAPES)
+  for k, s in SHAPES.items():
+    assert tree[k].shape == s and tree[k].dtype == jnp.float32
+
+
+# ---------------------------------------------------- NumPy references (f64)
+
+
+def ref_median(x: np.ndarray) -> np.ndarray:
+  n, p = x.shape
+  out = np.zeros(p)
+  for j in range(p):
+    col = sorted(x[:, j])
+    out[j] = col[n // 2] if n % 2 else 0.5 * (col[n // 2 - 1] + col[n // 2])
+  return out
+
+
+def ref_trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
+  n, p = x.shape
+  k = int(math.floor(beta * n))
+  out = np.zeros(p)
+  for j in range(p):
+    col = sorted(x[:, j])
+    kept = col[k:n - k]
+    out[j] = sum(kept) / len(kept)
+  return out
+
+
+def ref_krum_scores(x: np.ndarray, f: int) -> np.ndarray:
+  n = len(x)
+  k = min(max(n - f - 2, 1), n - 1)
+  scores = np.zeros(n)
+  for i in range(n):
+    d = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i)
+    scores[i] = sum(d[:k])
+  return scores
+
+
+def ref_krum(x: np.ndarray, w: np.ndarray, f: int, m: int):
+  """Returns (aggregate, indices of the selected rows)."""
+  scores = ref_krum_scores(x, f)
+  order = sorted(range(len(x)), key=lambda i: (scores[i], i))
+  chosen = order[:m]
+  if m == 1:
+    return x[chosen[0]], chosen
+  total = sum(w[i] for i in chosen)
+  return sum(w[i] * x[i] for i in chosen) / total, chosen
+
+
+def ref_geometric_median(x: np.ndarray, w: np.ndarray, nu: float,
+                         iters: int) -> np.ndarray:
+  alpha = w / w.sum()
+  v = sum(alpha[i] * x[i] for i in range(len(x)))
+  for _ in range(iters):
+    beta = [alpha[i] / max(nu, np.linalg.norm(v - x[i])) for i in range(len(x))]
+    v = sum(beta[i] * x[i] for i in range(len(x))) / sum(beta)
+  return v
+
+
+# Each case: (name, call(updates, weights, mask) -> (aggregate, extra)).
+CASES = {
+    "median": lambda u, w, m: (robust.coordinate_median(u, w, m), None),
+    "trimmed_mean": lambda u, w, m: (
+        robust.trimmed_mean(u, w, m, trim_fraction=0.25), None),
+    "krum": lambda u, w, m: robust.krum(u, w, m, num_byzantine=1),
+    "multi_krum": lambda u, w, m: robust.krum(
+        u, w, m, num_byzantine=1, num_selected=3),
+    "geometric_median": lambda u, w, m: robust.geometric_median(u, w, m),
+}
+
+# ------------------------------------------- random stacks vs the references
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_median_matches_reference(seed):
+  u, w, m = _problem(seed)
+  out = robust.coordinate_median(u, w, m)
+  _assert_client_shaped(out)
+  np.testing.assert_allclose(_flat(out), ref_median(_flat(u, stacked=True)[m]),
+                             rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.25])
+def test_trimmed_mean_matches_reference(seed, beta):
+  u, w, m = _problem(seed)
+  out = robust.trimmed_mean(u, w, m, trim_fraction=beta)
+  _assert_client_shaped(out)
+  expected = ref_trimmed_mean(_flat(u, stacked=True)[m], beta)
+  np.testing.assert_allclose(_flat(out), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("f", [0, 1, 2])
+def test_krum_scores_match_reference(seed, f):
+  u, _, m = _problem(seed)
+  scores = np.asarray(robust.krum_scores(u, m, num_byzantine=f))
+  assert scores.shape == (C,)
+  assert np.all(np.isposinf(scores[~m]))
+  expected = ref_krum_scores(_flat(u, stacked=True)[m], f)
+  np.testing.assert_allclose(scores[m], expected, rtol=RTOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+# f = 0, 1, 2 and m = 1, 3 without the full product: each (f, m) is a
+# separate compilation, and (1, 1), (1, 3) are shared with other tests.
+@pytest.mark.parametrize("f, num_selected", [(0, 3), (1, 1), (1, 3), (2, 1)])
+def test_krum_matches_reference(seed, f, num_selected):
+  u, w, m = _problem(seed)
+  out, selected = robust.krum(u, w, m, num_byzantine=f,
+                              num_selected=num_selected)
+  _assert_client_shaped(out)
+  expected, chosen = ref_krum(_flat(u, stacked=True)[m],
+                              w[m].astype(np.float64), f, num_selected)
+  valid_indices = np.flatnonzero(m)
+  expected_selected = np.zeros(C, bool)
+  expected_selected[valid_indices[chosen]] = True
+  np.testing.assert_array_equal(np.asarray(selected), expected_selected)
+  np.testing.assert_allclose(_flat(out), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_krum_selects_all_valid_when_fewer_than_m():
+  u, w, m = _problem(0)
+  m[np.flatnonzero(m)[2:]] = False  # 2 valid clients, m = 3.
+  out, selected = robust.krum(u, w, m, num_byzantine=1, num_selected=3)
+  np.testing.assert_array_equal(np.asarray(selected), m)
+  x, wv = _flat(u, stacked=True)[m], w[m].astype(np.float64)
+  np.testing.assert_allclose(_flat(out), wv @ x / wv.sum(), rtol=RTOL,
+                             atol=ATOL)
+
+
+def test_krum_ties_go_to_lowest_index():
+  # All valid updates identical: every valid score is 0, so index order
+  # decides; row 0 is masked out, so rows 1 (Krum) and 1..3 (Multi-Krum).
+  u = {k: np.ones((C,) + s, np.float32) for k, s in SHAPES.items()}
+  m = np.ones(C, bool)
+  m[0] = False
+  w = np.ones(C, np.float32)
+  _, selected = robust.krum(u, w, m, num_byzantine=1)
+  assert np.flatnonzero(np.asarray(selected)).tolist() == [1]
+  _, selected = robust.krum(u, w, m, num_byzantine=1, num_selected=3)
+  assert np.flatnonzero(np.asarray(selected)).tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_geometric_median_matches_reference(seed):
+  u, w, m = _problem(seed)
+  x, wv = _flat(u, stacked=True)[m], w[m].astype(np.float64)
+  # A fixed, small iteration count (tolerance 0: stop only on an exactly
+  # unchanged objective) so that both run the same 4 iterations.
+  out, iters = robust.geometric_median(u, w, m, max_iters=4, tolerance=0.0)
+  _assert_client_shaped(out)
+  assert int(iters) == 4
+  np.testing.assert_allclose(_flat(out), ref_geometric_median(x, wv, 1e-6, 4),
+                             rtol=RTOL, atol=ATOL)
+  # Default stopping rule: stops early, with an objective within 1e-6
+  # (relative) of the float64 optimum. The point itself is only ~1e-3 close:
+  # the objective is flat at its minimum, so in float32 it stops changing
+  # (and the relative-change rule fires) while v still moves by ~1e-4.
+  out, iters = robust.geometric_median(u, w, m)
+  assert 1 <= int(iters) < 100
+  optimum = ref_geometric_median(x, wv, 1e-6, 500)
+  np.testing.assert_allclose(_flat(out), optimum, atol=3e-3)
+
+  def objective(v):
+    return float(np.sum(wv / wv.sum() * np.linalg.norm(x - v, axis=1)))
+
+  assert objective(_flat(out)) <= objective(optimum) * (1 + 1e-6)
+
+
+# -------------------------------------------------- jit, masks and padding
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_jit_matches_eager_without_retracing(name):
+  traces = []
+
+  def traced(u, w, m):
+    traces.append(1)  # Runs once per trace, not per call.
+    return CASES[name](u, w, m)
+
+  jitted = jax.jit(traced)
+  for seed in (0, 1):  # Same shapes, different masks (2 vs 3 invalid rows).
+    u, w, m = _problem(seed)
+    got, got_extra = jitted(u, w, m)
+    want, want_extra = CASES[name](u, w, m)
+    np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-6, atol=1e-6)
+    if want_extra is not None:
+      np.testing.assert_array_equal(np.asarray(got_extra),
+                                    np.asarray(want_extra))
+  assert len(traces) == 1
+
+
+def test_krum_scores_jit_without_retracing():
+  traces = []
+
+  @jax.jit
+  def scores(u, m):
+    traces.append(1)
+    return robust.krum_scores(u, m, num_byzantine=1)
+
+  for seed in (0, 1):
+    u, _, m = _problem(seed)
+    np.testing.assert_allclose(
+        scores(u, m), robust.krum_scores(u, m, num_byzantine=1), rtol=1e-6)
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_padding_rows_have_no_influence(name):
+  u, w, m = _problem(1)
+  rng = np.random.default_rng(7)
+  extra = 3
+  u_padded = {k: np.concatenate(
+      [v, (GARBAGE * rng.choice([-1.0, 1.0], size=(extra,) + v.shape[1:]))
+       .astype(np.float32)]) for k, v in u.items()}
+  w_padded = np.concatenate([w, np.full(extra, 1e9, np.float32)])
+  m_padded = np.concatenate([m, np.zeros(extra, bool)])
+  want, want_extra = CASES[name](u, w, m)
+  got, got_extra = CASES[name](u_padded, w_padded, m_padded)
+  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-6, atol=1e-6)
+  if name in ("krum", "multi_krum"):
+    np.testing.assert_array_equal(
+        np.asarray(got_extra),
+        np.concatenate([want_extra, np.zeros(extra, bool)]))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_all_masked_returns_zeros(name):
+  u, w, _ = _problem(0)
+  m = np.zeros(C, bool)
+  out, extra = CASES[name](u, w, m)
+  _assert_client_shaped(out)
+  flat = _flat(out)
+  assert not np.any(np.isnan(flat))
+  np.testing.assert_array_equal(flat, 0.0)
+  if name in ("krum", "multi_krum"):
+    assert not np.any(np.asarray(extra))
+  if name == "geometric_median":
+    assert int(extra) == 0
+
+
+def test_krum_scores_all_masked_are_inf():
+  u, _, _ = _problem(0)
+  scores = robust.krum_scores(u, np.zeros(C, bool), num_byzantine=0)
+  assert np.all(np.isposinf(np.asarray(scores)))
+
+
+# ------------------------------------------------------ special-case values
+
+
+def test_trim_zero_is_unweighted_mean():
+  u, w, m = _problem(0)
+  out = robust.trimmed_mean(u, w, m, trim_fraction=0.0)
+  np.testing.assert_allclose(_flat(out), _flat(u, stacked=True)[m].mean(axis=0),
+                             rtol=RTOL, atol=ATOL)
+
+
+def test_median_of_odd_set_is_an_element_per_coordinate():
+  u, w, m = _problem(0)  # 2 invalid rows: n = 7 valid, odd.
+  assert m.sum() % 2 == 1
+  out = _flat(robust.coordinate_median(u, w, m))
+  valid = _flat(u, stacked=True)[m]
+  for j in range(valid.shape[1]):
+    assert np.any(valid[:, j] == out[j]), j  # Exact: picked, not computed.
+
+
+# ------------------------------------------------------ Byzantine robustness
+
+NUM_HONEST = 20
+HONEST_SCALE = 0.1
+ATTACK = 1e4
+ROBUST_TOTAL = 32  # Honest + attackers + padding: one shape for all cases.
+ROBUST_CASES = {
+    # name: (num attackers f, fn -> (aggregate, selected or None)). Each f is
+    # below the method's breakdown point: the median needs f < n/2; the
+    # trimmed mean beta > f/n (0.25 > 4/24); Krum n > 2f + 2 (24 > 10); the
+    # geometric median f < n/2 (8 < 14).
+    "median": (4, lambda u, w, m: (robust.coordinate_median(u, w, m), None)),
+    "trimmed_mean": (4, lambda u, w, m: (robust.trimmed_mean(
+        u, w, m, trim_fraction=0.25), None)),
+    "krum": (4, lambda u, w, m: robust.krum(u, w, m, num_byzantine=4)),
+    "multi_krum": (4, lambda u, w, m: robust.krum(
+        u, w, m, num_byzantine=4, num_selected=10)),
+    "geometric_median": (8, lambda u, w, m: (robust.geometric_median(
+        u, w, m)[0], None)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROBUST_CASES))
+def test_byzantine_robustness(name):
+  num_attackers, aggregate = ROBUST_CASES[name]
+  rng = np.random.default_rng(42)
+  p = 50
+  mu = rng.normal(size=p)
+  honest = mu + HONEST_SCALE * rng.normal(size=(NUM_HONEST, p))
+  num_padding = ROBUST_TOTAL - NUM_HONEST - num_attackers
+  role = rng.permutation(np.repeat(["honest", "attacker", "padding"],
+                                   [NUM_HONEST, num_attackers, num_padding]))
+  rows = np.empty((ROBUST_TOTAL, p))
+  rows[role == "honest"] = honest
+  rows[role == "attacker"] = ATTACK  # Every attacker sends 1e4 * ones.
+  rows[role == "padding"] = -GARBAGE
+  rows = rows.astype(np.float32)
+  u = {"b": rows[:, :5], "w": rows[:, 5:].reshape(ROBUST_TOTAL, 3, 15)}
+  w = np.ones(ROBUST_TOTAL, np.float32)
+  m = role != "padding"
+  honest_mean = honest.mean(axis=0)
+  # Honest spread: RMS distance of an honest update from the honest mean,
+  # ~ 0.1 * sqrt(50) ~ 0.7. An aggregate inside the honest cloud is within
+  # about one spread of the mean; 3x leaves slack for the attackers' pull
+  # (a shift of a few order statistics, or a Krum pick of one honest
+  # update), yet is ~1e4 times smaller than the attack's distance.
+  spread = np.sqrt(np.mean(np.sum((honest - honest_mean) ** 2, axis=1)))
+  out, selected = aggregate(u, w, m)
+  assert np.linalg.norm(_flat(out) - honest_mean) < 3.0 * spread
+  naive = (w[m] @ rows[m].astype(np.float64)) / w[m].sum()
+  assert np.linalg.norm(naive - honest_mean) > 100.0
+  if selected is not None:
+    selected = np.asarray(selected)
+    assert selected.sum() == (1 if name == "krum" else 10)
+    assert np.all(role[selected] == "honest")
+
+
+# ---------------------------------------------------------- option errors
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda u, w, m: robust.trimmed_mean(u, w, m, trim_fraction=0.5),
+     r"trim_fraction must be in \[0, 0\.5\), got 0\.5"),
+    (lambda u, w, m: robust.trimmed_mean(u, w, m, trim_fraction=-0.1),
+     r"trim_fraction.*-0\.1"),
+    (lambda u, w, m: robust.krum_scores(u, m, num_byzantine=-1),
+     r"num_byzantine must be an integer >= 0, got -1"),
+    (lambda u, w, m: robust.krum(u, w, m, num_byzantine=1.5),
+     r"num_byzantine.*1\.5"),
+    (lambda u, w, m: robust.krum(u, w, m, num_byzantine=1, num_selected=0),
+     r"num_selected must be an integer >= 1, got 0"),
+    (lambda u, w, m: robust.geometric_median(u, w, m, smoothing=0.0),
+     r"smoothing must be .*> 0, got 0\.0"),
+    (lambda u, w, m: robust.geometric_median(u, w, m, max_iters=0),
+     r"max_iters must be an integer >= 1, got 0"),
+    (lambda u, w, m: robust.geometric_median(u, w, m, tolerance=-1.0),
+     r"tolerance must be .*>= 0, got -1\.0"),
+])
+def test_bad_options_raise(call, match):
+  with pytest.raises(ValueError, match=match):
+    call(*_problem(0))
