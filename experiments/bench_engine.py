@@ -187,11 +187,15 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
           client.make_client_optimizer("sgd"), data)
 
 
-def _initial_state(task, server_tx, num_clients: int) -> tuple[Any, Any]:
-  from fedjax_mm.simulation import population
+def _algorithm(args: argparse.Namespace):
+  from fedjax_mm import algorithms
+  return algorithms.make_algorithm(args.algorithm, prox_mu=0.01)
+
+
+def _initial_state(task, server_tx, num_clients: int, algorithm) -> tuple[Any, Any]:
   from fedjax_mm.simulation import round as round_lib
-  return (round_lib.init_server_state(task, server_tx, SEED),
-          population.init_population(population.participation_stats(), num_clients))
+  return (round_lib.init_server_state(task, server_tx, SEED, algorithm=algorithm),
+          round_lib.init_population(task, num_clients, algorithm=algorithm))
 
 
 def run_vmapped(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,7 +210,8 @@ def run_vmapped(args: argparse.Namespace) -> dict[str, Any]:
   data = put(host_data)
   agg_weights = put(np.asarray(host_data.sizes, np.float32))
   del host_data
-  state, pop = (put(t) for t in _initial_state(task, server_tx, data.num_clients))
+  algorithm = _algorithm(args)
+  state, pop = (put(t) for t in _initial_state(task, server_tx, data.num_clients, algorithm))
   jax.block_until_ready((data, agg_weights, state, pop))
   baseline_rss = _rss_mib()
   load_peak_rss = _peak_rss_mib()
@@ -214,7 +219,8 @@ def run_vmapped(args: argparse.Namespace) -> dict[str, Any]:
   peak_was_reset = _reset_peak_rss()
 
   round_fn = jax.jit(round_lib.build_round_fn(task, spec, server_tx, client_opt, CLIENT_LR,
-                                              mesh=mesh), donate_argnums=(0, 1))
+                                              mesh=mesh, algorithm=algorithm),
+                     donate_argnums=(0, 1))
   start = time.perf_counter()
   compiled = round_fn.lower(state, pop, data, agg_weights, None).compile()
   compile_s = time.perf_counter() - start
@@ -270,7 +276,7 @@ def run_sequential(args: argparse.Namespace) -> dict[str, Any]:
   task, spec, server_tx, client_opt, host_data = _setup(args)
   data = jax.device_put(host_data)
   agg_weights = jax.device_put(host_data.sizes.astype("float32"))
-  state0, pop0 = _initial_state(task, server_tx, data.num_clients)
+  state0, pop0 = _initial_state(task, server_tx, data.num_clients, _algorithm(args))
   seq_round = reference.build_sequential_round(task, spec, server_tx, client_opt, CLIENT_LR)
   carry = {"state": state0, "pop": pop0}
 
@@ -311,7 +317,8 @@ def spawn_worker(kind: str, args: argparse.Namespace, data_path: Path, cohort: i
   cmd = [sys.executable, str(Path(__file__).resolve()), f"--_worker={kind}",
          f"--data={data_path}", f"--cohort={cohort}", f"--chunk-size={chunk_size}",
          f"--steps={args.steps}", f"--batch={args.batch}", f"--repeats={repeats}",
-         f"--devices={devices}", f"--seq-budget-s={args.seq_budget_s}"]
+         f"--devices={devices}", f"--seq-budget-s={args.seq_budget_s}",
+         f"--algorithm={args.algorithm}"]
   if args.repeats is not None:
     cmd.append("--exact-repeats")
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
@@ -431,7 +438,8 @@ def parent_main(args: argparse.Namespace) -> None:
   total_s = time.perf_counter() - started
 
   seq_note = {r["cohort"]: r["sequential_measured"] for r in rows if "sequential_measured" in r}
-  print(f"\nEngine benchmark: Synthetic(1,1) logreg {NUM_FEATURES}x{NUM_CLASSES}, FedAvg, "
+  print(f"\nEngine benchmark: Synthetic(1,1) logreg {NUM_FEATURES}x{NUM_CLASSES}, "
+        f"{args.algorithm}, "
         f"SGD clients, {args.steps} local steps x batch {args.batch}, K={population['num_clients']}, "
         f"devices={args.devices}. Medians; steps = client-steps.")
   print(format_table(rows))
@@ -459,6 +467,7 @@ def parent_main(args: argparse.Namespace) -> None:
         "benchmark": "engine", "machine": machine_info(last_vm),
         "workload": {"dataset": "synthetic(1,1)", "features": NUM_FEATURES,
                      "classes": NUM_CLASSES, "server": "fedavg", "client": "sgd",
+                     "algorithm": args.algorithm,
                      "client_lr": CLIENT_LR, "local_mode": "steps", "steps": args.steps,
                      "batch": args.batch, "population": population,
                      "devices": args.devices},
@@ -488,6 +497,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  help="time budget per sequential measurement (>= 1 full round is timed)")
   p.add_argument("--no-sequential", action="store_true",
                  help="skip the sequential reference (e.g. for a chunk-size sweep)")
+  p.add_argument("--algorithm", default="fedavg",
+                 choices=("fedavg", "fedprox", "scaffold", "fednova"),
+                 help="client/server work of the vmapped round (the sequential "
+                      "reference is FedAvg: use --no-sequential with others)")
   # Internal: one measurement in a subprocess.
   p.add_argument("--_worker", choices=("vmapped", "sequential"), help=argparse.SUPPRESS)
   p.add_argument("--data", type=Path, help=argparse.SUPPRESS)

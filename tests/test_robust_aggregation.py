@@ -1,4 +1,4 @@
-"""Tests of fedjax_mm.aggregation.robust against independent NumPy references.
+"""Tests of the robust aggregators against independent NumPy references.
 
 The references below are written from the papers' definitions, loop by loop,
 in float64, and see only the valid clients' rows (the functions under test
@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mm.aggregation import robust
+from fedjax_mm.aggregation import (coordinate_median, geometric_median, krum,
+                                   krum_scores, trimmed_mean)
 
 C = 9
 SHAPES = {"b": (5,), "w": (3, 4)}  # jax.tree orders dict leaves by key.
@@ -117,13 +118,13 @@ def ref_geometric_median(x: np.ndarray, w: np.ndarray, nu: float,
 
 # Each case: (name, call(updates, weights, mask) -> (aggregate, extra)).
 CASES = {
-    "median": lambda u, w, m: (robust.coordinate_median(u, w, m), None),
+    "median": lambda u, w, m: (coordinate_median(u, w, m), None),
     "trimmed_mean": lambda u, w, m: (
-        robust.trimmed_mean(u, w, m, trim_fraction=0.25), None),
-    "krum": lambda u, w, m: robust.krum(u, w, m, num_byzantine=1),
-    "multi_krum": lambda u, w, m: robust.krum(
+        trimmed_mean(u, w, m, trim_fraction=0.25), None),
+    "krum": lambda u, w, m: krum(u, w, m, num_byzantine=1),
+    "multi_krum": lambda u, w, m: krum(
         u, w, m, num_byzantine=1, num_selected=3),
-    "geometric_median": lambda u, w, m: robust.geometric_median(u, w, m),
+    "geometric_median": lambda u, w, m: geometric_median(u, w, m),
 }
 
 # ------------------------------------------- random stacks vs the references
@@ -132,7 +133,7 @@ CASES = {
 @pytest.mark.parametrize("seed", [0, 1])
 def test_median_matches_reference(seed):
   u, w, m = _problem(seed)
-  out = robust.coordinate_median(u, w, m)
+  out = coordinate_median(u, w, m)
   _assert_client_shaped(out)
   np.testing.assert_allclose(_flat(out), ref_median(_flat(u, stacked=True)[m]),
                              rtol=RTOL, atol=ATOL)
@@ -142,7 +143,7 @@ def test_median_matches_reference(seed):
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.25])
 def test_trimmed_mean_matches_reference(seed, beta):
   u, w, m = _problem(seed)
-  out = robust.trimmed_mean(u, w, m, trim_fraction=beta)
+  out = trimmed_mean(u, w, m, trim_fraction=beta)
   _assert_client_shaped(out)
   expected = ref_trimmed_mean(_flat(u, stacked=True)[m], beta)
   np.testing.assert_allclose(_flat(out), expected, rtol=RTOL, atol=ATOL)
@@ -152,7 +153,7 @@ def test_trimmed_mean_matches_reference(seed, beta):
 @pytest.mark.parametrize("f", [0, 1, 2])
 def test_krum_scores_match_reference(seed, f):
   u, _, m = _problem(seed)
-  scores = np.asarray(robust.krum_scores(u, m, num_byzantine=f))
+  scores = np.asarray(krum_scores(u, m, num_byzantine=f))
   assert scores.shape == (C,)
   assert np.all(np.isposinf(scores[~m]))
   expected = ref_krum_scores(_flat(u, stacked=True)[m], f)
@@ -165,8 +166,7 @@ def test_krum_scores_match_reference(seed, f):
 @pytest.mark.parametrize("f, num_selected", [(0, 3), (1, 1), (1, 3), (2, 1)])
 def test_krum_matches_reference(seed, f, num_selected):
   u, w, m = _problem(seed)
-  out, selected = robust.krum(u, w, m, num_byzantine=f,
-                              num_selected=num_selected)
+  out, selected = krum(u, w, m, num_byzantine=f, num_selected=num_selected)
   _assert_client_shaped(out)
   expected, chosen = ref_krum(_flat(u, stacked=True)[m],
                               w[m].astype(np.float64), f, num_selected)
@@ -180,7 +180,7 @@ def test_krum_matches_reference(seed, f, num_selected):
 def test_krum_selects_all_valid_when_fewer_than_m():
   u, w, m = _problem(0)
   m[np.flatnonzero(m)[2:]] = False  # 2 valid clients, m = 3.
-  out, selected = robust.krum(u, w, m, num_byzantine=1, num_selected=3)
+  out, selected = krum(u, w, m, num_byzantine=1, num_selected=3)
   np.testing.assert_array_equal(np.asarray(selected), m)
   x, wv = _flat(u, stacked=True)[m], w[m].astype(np.float64)
   np.testing.assert_allclose(_flat(out), wv @ x / wv.sum(), rtol=RTOL,
@@ -194,9 +194,9 @@ def test_krum_ties_go_to_lowest_index():
   m = np.ones(C, bool)
   m[0] = False
   w = np.ones(C, np.float32)
-  _, selected = robust.krum(u, w, m, num_byzantine=1)
+  _, selected = krum(u, w, m, num_byzantine=1)
   assert np.flatnonzero(np.asarray(selected)).tolist() == [1]
-  _, selected = robust.krum(u, w, m, num_byzantine=1, num_selected=3)
+  _, selected = krum(u, w, m, num_byzantine=1, num_selected=3)
   assert np.flatnonzero(np.asarray(selected)).tolist() == [1, 2, 3]
 
 
@@ -206,7 +206,7 @@ def test_geometric_median_matches_reference(seed):
   x, wv = _flat(u, stacked=True)[m], w[m].astype(np.float64)
   # A fixed, small iteration count (tolerance 0: stop only on an exactly
   # unchanged objective) so that both run the same 4 iterations.
-  out, iters = robust.geometric_median(u, w, m, max_iters=4, tolerance=0.0)
+  out, iters = geometric_median(u, w, m, max_iters=4, tolerance=0.0)
   _assert_client_shaped(out)
   assert int(iters) == 4
   np.testing.assert_allclose(_flat(out), ref_geometric_median(x, wv, 1e-6, 4),
@@ -215,7 +215,7 @@ def test_geometric_median_matches_reference(seed):
   # (relative) of the float64 optimum. The point itself is only ~1e-3 close:
   # the objective is flat at its minimum, so in float32 it stops changing
   # (and the relative-change rule fires) while v still moves by ~1e-4.
-  out, iters = robust.geometric_median(u, w, m)
+  out, iters = geometric_median(u, w, m)
   assert 1 <= int(iters) < 100
   optimum = ref_geometric_median(x, wv, 1e-6, 500)
   np.testing.assert_allclose(_flat(out), optimum, atol=3e-3)
@@ -255,12 +255,12 @@ def test_krum_scores_jit_without_retracing():
   @jax.jit
   def scores(u, m):
     traces.append(1)
-    return robust.krum_scores(u, m, num_byzantine=1)
+    return krum_scores(u, m, num_byzantine=1)
 
   for seed in (0, 1):
     u, _, m = _problem(seed)
     np.testing.assert_allclose(
-        scores(u, m), robust.krum_scores(u, m, num_byzantine=1), rtol=1e-6)
+        scores(u, m), krum_scores(u, m, num_byzantine=1), rtol=1e-6)
   assert len(traces) == 1
 
 
@@ -300,7 +300,7 @@ def test_all_masked_returns_zeros(name):
 
 def test_krum_scores_all_masked_are_inf():
   u, _, _ = _problem(0)
-  scores = robust.krum_scores(u, np.zeros(C, bool), num_byzantine=0)
+  scores = krum_scores(u, np.zeros(C, bool), num_byzantine=0)
   assert np.all(np.isposinf(np.asarray(scores)))
 
 
@@ -309,7 +309,7 @@ def test_krum_scores_all_masked_are_inf():
 
 def test_trim_zero_is_unweighted_mean():
   u, w, m = _problem(0)
-  out = robust.trimmed_mean(u, w, m, trim_fraction=0.0)
+  out = trimmed_mean(u, w, m, trim_fraction=0.0)
   np.testing.assert_allclose(_flat(out), _flat(u, stacked=True)[m].mean(axis=0),
                              rtol=RTOL, atol=ATOL)
 
@@ -317,7 +317,7 @@ def test_trim_zero_is_unweighted_mean():
 def test_median_of_odd_set_is_an_element_per_coordinate():
   u, w, m = _problem(0)  # 2 invalid rows: n = 7 valid, odd.
   assert m.sum() % 2 == 1
-  out = _flat(robust.coordinate_median(u, w, m))
+  out = _flat(coordinate_median(u, w, m))
   valid = _flat(u, stacked=True)[m]
   for j in range(valid.shape[1]):
     assert np.any(valid[:, j] == out[j]), j  # Exact: picked, not computed.
@@ -334,13 +334,13 @@ ROBUST_CASES = {
     # below the method's breakdown point: the median needs f < n/2; the
     # trimmed mean beta > f/n (0.25 > 4/24); Krum n > 2f + 2 (24 > 10); the
     # geometric median f < n/2 (8 < 14).
-    "median": (4, lambda u, w, m: (robust.coordinate_median(u, w, m), None)),
-    "trimmed_mean": (4, lambda u, w, m: (robust.trimmed_mean(
+    "median": (4, lambda u, w, m: (coordinate_median(u, w, m), None)),
+    "trimmed_mean": (4, lambda u, w, m: (trimmed_mean(
         u, w, m, trim_fraction=0.25), None)),
-    "krum": (4, lambda u, w, m: robust.krum(u, w, m, num_byzantine=4)),
-    "multi_krum": (4, lambda u, w, m: robust.krum(
+    "krum": (4, lambda u, w, m: krum(u, w, m, num_byzantine=4)),
+    "multi_krum": (4, lambda u, w, m: krum(
         u, w, m, num_byzantine=4, num_selected=10)),
-    "geometric_median": (8, lambda u, w, m: (robust.geometric_median(
+    "geometric_median": (8, lambda u, w, m: (geometric_median(
         u, w, m)[0], None)),
 }
 
@@ -384,22 +384,22 @@ def test_byzantine_robustness(name):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda u, w, m: robust.trimmed_mean(u, w, m, trim_fraction=0.5),
-     r"trim_fraction must be in \[0, 0\.5\), got 0\.5"),
-    (lambda u, w, m: robust.trimmed_mean(u, w, m, trim_fraction=-0.1),
+    (lambda u, w, m: trimmed_mean(u, w, m, trim_fraction=0.5),
+     r"trim_fraction: must be a number in \[0, 0\.5\), got 0\.5"),
+    (lambda u, w, m: trimmed_mean(u, w, m, trim_fraction=-0.1),
      r"trim_fraction.*-0\.1"),
-    (lambda u, w, m: robust.krum_scores(u, m, num_byzantine=-1),
-     r"num_byzantine must be an integer >= 0, got -1"),
-    (lambda u, w, m: robust.krum(u, w, m, num_byzantine=1.5),
+    (lambda u, w, m: krum_scores(u, m, num_byzantine=-1),
+     r"num_byzantine: must be an integer >= 0, got -1"),
+    (lambda u, w, m: krum(u, w, m, num_byzantine=1.5),
      r"num_byzantine.*1\.5"),
-    (lambda u, w, m: robust.krum(u, w, m, num_byzantine=1, num_selected=0),
-     r"num_selected must be an integer >= 1, got 0"),
-    (lambda u, w, m: robust.geometric_median(u, w, m, smoothing=0.0),
-     r"smoothing must be .*> 0, got 0\.0"),
-    (lambda u, w, m: robust.geometric_median(u, w, m, max_iters=0),
-     r"max_iters must be an integer >= 1, got 0"),
-    (lambda u, w, m: robust.geometric_median(u, w, m, tolerance=-1.0),
-     r"tolerance must be .*>= 0, got -1\.0"),
+    (lambda u, w, m: krum(u, w, m, num_byzantine=1, num_selected=0),
+     r"num_selected: must be an integer >= 1, got 0"),
+    (lambda u, w, m: geometric_median(u, w, m, smoothing=0.0),
+     r"smoothing: must be .*> 0.*, got 0\.0"),
+    (lambda u, w, m: geometric_median(u, w, m, max_iters=0),
+     r"max_iters: must be an integer >= 1, got 0"),
+    (lambda u, w, m: geometric_median(u, w, m, tolerance=-1.0),
+     r"tolerance: must be .*>= 0.*, got -1\.0"),
 ])
 def test_bad_options_raise(call, match):
   with pytest.raises(ValueError, match=match):

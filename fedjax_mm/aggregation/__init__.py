@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from fedjax_mm.aggregation import robust
 from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
                                         StreamingAggregator, stateless)
 from fedjax_mm.aggregation.clipping import l2_clip
+from fedjax_mm.aggregation.coordinatewise import coordinate_median, trimmed_mean
+from fedjax_mm.aggregation.geometric_median import geometric_median
+from fedjax_mm.aggregation.krum import krum, krum_scores
 from fedjax_mm.aggregation.mean import weighted_mean
-from fedjax_mm.aggregation.robust import (coordinate_median, geometric_median, krum,
-                                          krum_scores, trimmed_mean)
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
 
@@ -62,5 +62,5 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
 
 __all__ = ["AGGREGATORS", "Aggregator", "CohortAggregator", "Preprocessor",
            "StreamingAggregator", "coordinate_median", "geometric_median", "krum",
-           "krum_scores", "l2_clip", "make_aggregator", "robust", "stateless",
+           "krum_scores", "l2_clip", "make_aggregator", "stateless",
            "trimmed_mean", "weighted_mean"]
