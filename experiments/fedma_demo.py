@@ -53,9 +53,11 @@ METHODS = {
                 "server.momentum": 0.9},
     "fedadam": {"server.optimizer": "fedadam", "server.learning_rate": 0.01},
     "fedprox": {"algorithm.name": "fedprox", "algorithm.prox_mu": 0.01},
-    "scaffold": {"algorithm.name": "scaffold"},
-    # FedNova normalizes by SGD steps: SGD clients, and its FedAvg twin.
+    # SCAFFOLD (option II) and FedNova are defined for SGD steps: SGD
+    # clients, and their FedAvg twin with the same clients.
     "fedavg_sgd": {"client.optimizer": "sgd", "client.learning_rate": 0.5},
+    "scaffold": {"algorithm.name": "scaffold", "client.optimizer": "sgd",
+                 "client.learning_rate": 0.5},
     "fednova": {"algorithm.name": "fednova", "client.optimizer": "sgd",
                 "client.learning_rate": 0.5},
 }

@@ -101,10 +101,13 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
   """``config.algorithm`` and ``config.aggregation`` (and how they combine)."""
   _one_of(config, "algorithm.name", algorithms.ALGORITHMS)
   _number(config, "algorithm.prox_mu", lambda v: v >= 0, ">= 0")
-  if config.algorithm.name == "fednova" and config.client.optimizer not in ("sgd", "momentum"):
+  needs_sgd = {"fednova": "normalizes by the effective number of SGD steps",
+               "scaffold": "estimates client gradients as delta / (steps x lr) "
+                           "(option II), in gradient units only for SGD steps"}
+  if config.algorithm.name in needs_sgd and config.client.optimizer not in ("sgd", "momentum"):
     raise ConfigError(
-        "config.client.optimizer: algorithm.name='fednova' normalizes by the effective "
-        "number of SGD steps, defined for ('sgd', 'momentum') clients, got "
+        f"config.client.optimizer: algorithm.name={config.algorithm.name!r} "
+        f"{needs_sgd[config.algorithm.name]}; it needs ('sgd', 'momentum') clients, got "
         f"{config.client.optimizer!r}")
   _one_of(config, "aggregation.weighting", WEIGHTINGS)
   if config.aggregation.weighting == "custom":

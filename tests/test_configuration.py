@@ -142,11 +142,12 @@ _BAD = [
 ]
 
 
-def test_fednova_rejects_adaptive_clients():
+@pytest.mark.parametrize("algorithm", ["fednova", "scaffold"])
+def test_sgd_step_algorithms_reject_adaptive_clients(algorithm):
   config = _base()
-  config.algorithm.name, config.client.optimizer = "fednova", "adam"
+  config.algorithm.name, config.client.optimizer = algorithm, "adam"
   with pytest.raises(configuration.ConfigError,
-                     match=r"^config\.client\.optimizer: .*fednova.*\('sgd', 'momentum'\)"):
+                     match=rf"^config\.client\.optimizer: .*{algorithm}.*\('sgd', 'momentum'\)"):
     configuration.validate(config)
   config.client.optimizer = "momentum"
   configuration.validate(config)

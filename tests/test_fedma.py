@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from fedjax_mm import client as client_lib
-from fedjax_mm import evaluation
+from fedjax_mm import config_files, evaluation
 from fedjax_mm.data import world
 from fedjax_mm.models import mllm
 from fedjax_mm.setups import fedma

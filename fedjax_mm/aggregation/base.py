@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, NamedTuple
 
+import math
+
 import jax
+import jax.numpy as jnp
 
 from fedjax_mm.types import PyTree
 
@@ -96,3 +99,24 @@ def stateless(name: str, reduce: Callable[[PyTree, jax.Array, jax.Array],
     return result, state, metrics
 
   return CohortAggregator(name=name, init=no_state, aggregate=aggregate)
+
+
+def stack_bytes(template: PyTree, num_clients: int) -> int:
+  """Bytes of ``num_clients`` stacked copies of ``template``."""
+  return num_clients * sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+                           for x in jax.tree.leaves(template))
+
+
+def check_stack_fits(aggregator: Aggregator, template: PyTree, num_clients: int,
+                     max_bytes: int) -> None:
+  """Refuses a whole-cohort aggregator whose stacked updates exceed ``max_bytes``."""
+  if not isinstance(aggregator, CohortAggregator):
+    return
+  size = stack_bytes(template, num_clients)
+  if size > max_bytes:
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(template))
+    raise ValueError(
+        f"aggregator {aggregator.name!r} stacks the whole cohort: {num_clients} clients x "
+        f"{params:,} parameters = {size / 2**20:,.1f} MiB > the cap of "
+        f"{max_bytes / 2**20:,.1f} MiB; lower clients_per_round, raise the cap, or use a "
+        "streaming aggregator")

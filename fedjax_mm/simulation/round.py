@@ -18,7 +18,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
 import jax
@@ -27,7 +26,8 @@ import optax
 from jax.sharding import Mesh
 
 from fedjax_mm import client as client_lib
-from fedjax_mm.aggregation.base import Aggregator, CohortAggregator, Preprocessor
+from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
+                                        check_stack_fits)
 from fedjax_mm.aggregation.mean import weighted_mean
 from fedjax_mm.algorithms.base import Aggregates, Algorithm
 from fedjax_mm.algorithms.fedavg import fedavg
@@ -93,27 +93,6 @@ def preprocess_key(state: ServerState, client_id: jax.Array) -> jax.Array:
 
 def aggregator_key(state: ServerState) -> jax.Array:
   return jax.random.fold_in(round_key(state), 3)
-
-
-def stack_bytes(template: PyTree, num_clients: int) -> int:
-  """Bytes of ``num_clients`` stacked copies of ``template``."""
-  return num_clients * sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-                           for x in jax.tree.leaves(template))
-
-
-def check_stack_fits(aggregator: Aggregator, template: PyTree, num_clients: int,
-                     max_bytes: int) -> None:
-  """Refuses a whole-cohort aggregator whose stacked updates exceed ``max_bytes``."""
-  if not isinstance(aggregator, CohortAggregator):
-    return
-  size = stack_bytes(template, num_clients)
-  if size > max_bytes:
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(template))
-    raise ValueError(
-        f"aggregator {aggregator.name!r} stacks the whole cohort: {num_clients} clients x "
-        f"{params:,} parameters = {size / 2**20:,.1f} MiB > the cap of "
-        f"{max_bytes / 2**20:,.1f} MiB; lower clients_per_round, raise the cap, or use a "
-        "streaming aggregator")
 
 
 def _prefixed(name: str, metrics) -> dict[str, jax.Array]:
