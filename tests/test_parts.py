@@ -25,6 +25,9 @@ from fedjax_mm.simulation import round as round_lib
 K = 24
 TASK = logreg.task(60, 10)
 COHORT = 7
+# Compile fast (the rounds are tiny): XLA's backend optimizations cost more
+# compile time than they save here, and the checks are about semantics.
+FAST = {"compiler_options": {"xla_backend_optimization_level": 0}}
 
 ALGORITHMS = {
     "fedavg": algorithms.fedavg(),
@@ -82,7 +85,7 @@ def _bits(tree):
 def test_traced_once_deterministic_and_padding_free(train, case):
   chex.clear_trace_counter()
   fn, state, pop = _build(case)
-  jitted = jax.jit(chex.assert_max_traces(fn, n=1))
+  jitted = jax.jit(chex.assert_max_traces(fn, n=1), **FAST)
   a = _rounds(jitted, state, pop, train, 3)
   b = _rounds(jitted, state, pop, train, 3)
   assert jitted._cache_size() == 1
@@ -91,7 +94,7 @@ def test_traced_once_deterministic_and_padding_free(train, case):
   # Chunks of 3 pad the cohort of 7 with 2 weight-0 clients (id 0 repeated):
   # nothing of theirs may reach the aggregate, the metrics or the population.
   fn3, _, _ = _build(case, chunk=3)
-  c = _rounds(jax.jit(fn3), state, pop, train, 3)
+  c = _rounds(jax.jit(fn3, **FAST), state, pop, train, 3)
   # The geometric median stops at a relative objective change of 1e-7, which
   # leaves its point ~1e-3 from the exact one: a different stack size (9
   # padded rows vs 7) changes the last iterations, not which rows count.
@@ -102,7 +105,8 @@ def test_traced_once_deterministic_and_padding_free(train, case):
   chex.assert_trees_all_close(a[1], c[1], **tol)
   for m, n in zip(a[2], c[2]):
     assert m.keys() == n.keys()
-    np.testing.assert_allclose(float(m["train_loss"]), float(n["train_loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m["train_loss"]), float(n["train_loss"]),
+                               rtol=max(tol["rtol"], 1e-5))
     assert int(m["num_counted_clients"]) == int(n["num_counted_clients"]) == COHORT
   assert float(optax.tree.norm(a[0].trainable)) > 0  # it trained
 
@@ -110,7 +114,7 @@ def test_traced_once_deterministic_and_padding_free(train, case):
 @pytest.mark.parametrize("case", [CASES[2], CASES[-1]], ids=[IDS[2], IDS[-1]])
 def test_state_round_trips_through_a_checkpoint(train, case, tmp_path):
   fn, state, pop = _build(case, tx=optax.adam(0.01))
-  fn = jax.jit(fn)
+  fn = jax.jit(fn, **FAST)
   state, pop, _ = _rounds(fn, state, pop, train, 2)
   run_state = {"server": state, "population": pop}
   with checkpoint_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
@@ -140,7 +144,8 @@ def test_nonfinite_client_never_reaches_the_aggregate(train, case):
            "krum": aggregation.make_aggregator("krum", cohort_size=K, num_byzantine=2)}
   parts = dict(algorithm=ALGORITHMS[name], aggregator=kinds[kind])
   fn = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
-                                        client_lib.make_client_optimizer("sgd"), 0.1, **parts))
+                                        client_lib.make_client_optimizer("sgd"), 0.1, **parts),
+               **FAST)
   state = round_lib.init_server_state(TASK, optax.sgd(1.0), 0, **parts)
   pop = round_lib.init_population(TASK, K, algorithm=parts["algorithm"])
   state, pop, metrics = fn(state, pop, bad, bad.sizes.astype(jnp.float32), None)
@@ -177,7 +182,7 @@ def test_part_metrics_are_prefixed_and_averaged_over_counted_clients(train):
   fn = jax.jit(round_lib.build_round_fn(
       TASK, spec, optax.sgd(1.0), client_lib.make_client_optimizer("sgd"), 0.1,
       algorithm=ALGORITHMS["scaffold"], aggregator=AGGREGATORS["krum"],
-      preprocessors=(aggregation.l2_clip(clip),)))
+      preprocessors=(aggregation.l2_clip(clip),)), **FAST)
   state = round_lib.init_server_state(TASK, optax.sgd(1.0), 0, algorithm=ALGORITHMS["scaffold"])
   pop = round_lib.init_population(TASK, K, algorithm=ALGORITHMS["scaffold"])
   _, _, metrics = fn(state, pop, train, train.sizes.astype(jnp.float32), None)
@@ -187,13 +192,15 @@ def test_part_metrics_are_prefixed_and_averaged_over_counted_clients(train):
   assert 0.0 <= float(metrics["clip/clipped"]) <= 1.0
   # Every client's delta (full participation, one round) by plain local SGD,
   # recomputed one client at a time: the mean pre-clip norm and clipped share.
-  norms = []
-  for k in range(K):
+  @jax.jit
+  def client_delta_norm(k):
     result = client_lib.local_update(
         state.trainable, {}, train.examples, train.offsets[k], train.sizes[k],
-        round_lib.client_key(state, jnp.int32(k)), jnp.float32(1.0),
+        round_lib.client_key(state, k), jnp.float32(1.0),
         schedule=spec.schedule, loss_fn=TASK.per_example_loss,
         tx=client_lib.make_client_optimizer("sgd")(0.1))
-    norms.append(float(optax.tree.norm(result.delta)))
+    return optax.tree.norm(result.delta)
+
+  norms = [float(client_delta_norm(jnp.int32(k))) for k in range(K)]
   np.testing.assert_allclose(float(metrics["clip/norm"]), np.mean(norms), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["clip/clipped"]), np.mean(np.array(norms) > clip))
