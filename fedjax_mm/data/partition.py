@@ -18,12 +18,10 @@ composition. Owners are ``int32 [N]`` client ids, ``-1`` for an example no
 client owns; :func:`pack_assigned` packs the owned rows.
 
 References:
-  Hsu, Qi, Brown, "Measuring the Effects of Non-Identical Data Distribution
-  for Federated Visual Classification", 2019; arXiv:1909.06335.
-  McMahan, Moore, Ramage, Hampson, Aguera y Arcas, "Communication-Efficient
-  Learning of Deep Networks from Decentralized Data", AISTATS 2017.
-  Li, Diao, Chen, He, "Federated Learning on Non-IID Data Silos: An
-  Experimental Study", ICDE 2022; arXiv:2102.02079.
+  The concept and quantity skews' papers are cited in
+  :mod:`fedjax_mm.data.skew`; the composition follows Li, Diao, Chen, He,
+  "Federated Learning on Non-IID Data Silos: An Experimental Study",
+  ICDE 2022; arXiv:2102.02079.
 """
 
 from __future__ import annotations
