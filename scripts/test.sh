@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv if missing, installs fedjax_mm with test extras, runs all tests.
-# Extra arguments go to pytest (e.g. scripts/test.sh -m "not slow").
+# Extra arguments go to pytest (e.g. scripts/test.sh -m "not slow"; -n 0 runs in one
+# process). Tests run in PYTEST_WORKERS processes (default 2): XLA compiles on one
+# core per process, and compilation dominates the suite (11.5 -> 8.7 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,4 +12,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
