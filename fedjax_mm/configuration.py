@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from fedjax_mm import aggregation, algorithms, checks
+from fedjax_mm.aggregation import canonical
 from fedjax_mm import client as client_lib
 from fedjax_mm import schedules
 from fedjax_mm.data import federated
@@ -59,13 +60,17 @@ def aggregation_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       weighting="num_examples",   # num_examples | uniform | custom
       custom_weights_path="",     # .npy of [num_clients] weights, for custom
-      kind="mean",                # mean | median | trimmed_mean | krum | multi_krum | geometric_median
+      kind="mean",                # mean | median | trimmed_mean | krum | multi_krum |
+                                  # geometric_median | canonical
       clip_norm=0.0,              # > 0: clip each client's delta to this L2 norm first
       trim_fraction=0.1,          # trimmed_mean: dropped at each end per coordinate
       num_byzantine=0,            # krum / multi_krum: tolerated faulty clients f
       num_selected=0,             # multi_krum: m averaged (0: clients_per_round - f)
       gm_smoothing=1e-6,          # geometric_median: Weiszfeld smoothing
       gm_max_iters=100,
+      canonical_rank=0,           # canonical (Fed-CMP's CRA): basis size per matrix (0: full)
+      canonical_reliability="explained",   # explained | agreement | uniform
+      canonical_temperature=0.1,  # canonical: softmax temperature of the reliabilities
       max_stack_mib=4096.0))      # whole-cohort aggregators: cap on the stacked updates
 
 
@@ -132,6 +137,10 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
   _number(config, "aggregation.gm_smoothing", lambda v: v > 0, "> 0")
   _number(config, "aggregation.gm_max_iters", lambda v: v >= 1, ">= 1", integer=True)
   _number(config, "aggregation.max_stack_mib", lambda v: v > 0, "> 0")
+  _number(config, "aggregation.canonical_rank", lambda v: v >= 0, ">= 0 (0 = full rank)",
+          integer=True)
+  _one_of(config, "aggregation.canonical_reliability", canonical.RELIABILITIES)
+  _number(config, "aggregation.canonical_temperature", lambda v: v > 0, "> 0")
 
 
 def _schedule(config, prefix: str) -> None:

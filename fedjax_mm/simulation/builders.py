@@ -58,7 +58,8 @@ def round_parts(config: ml_collections.ConfigDict) -> RoundParts:
   aggregator = aggregation.make_aggregator(
       g.kind, cohort_size=config.clients_per_round, trim_fraction=g.trim_fraction,
       num_byzantine=g.num_byzantine, num_selected=g.num_selected,
-      smoothing=g.gm_smoothing, max_iters=g.gm_max_iters)
+      smoothing=g.gm_smoothing, max_iters=g.gm_max_iters, rank=g.canonical_rank,
+      reliability=g.canonical_reliability, temperature=g.canonical_temperature)
   return RoundParts(algorithm, preprocessors, aggregator)
 
 
