@@ -11,7 +11,6 @@ import sys
 assert "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedjax_mm import aggregation, algorithms  # noqa: E402
@@ -19,7 +18,7 @@ from fedjax_mm import client as client_lib  # noqa: E402
 from fedjax_mm.data import federated, synthetic  # noqa: E402
 from fedjax_mm.models import logreg  # noqa: E402
 from fedjax_mm.server import fedopt  # noqa: E402
-from fedjax_mm.simulation import mesh as mesh_lib, population  # noqa: E402
+from fedjax_mm.simulation import mesh as mesh_lib  # noqa: E402
 from fedjax_mm.simulation import round as round_lib  # noqa: E402
 
 

@@ -3,7 +3,6 @@ pseudo-code (basis by SVD of the concatenated updates, not eigh of their
 Gram sum), plus its degenerate and robustness properties."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

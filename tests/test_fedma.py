@@ -15,7 +15,7 @@ from fedjax_mm import config_files, evaluation
 from fedjax_mm.data import world
 from fedjax_mm.models import mllm
 from fedjax_mm.setups import fedma
-from fedjax_mm.simulation import driver, population
+from fedjax_mm.simulation import driver
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.data import federated
 

@@ -24,7 +24,6 @@ from fedjax_mm import setups
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import builders
 from fedjax_mm.simulation import mesh as mesh_lib
-from fedjax_mm.simulation import population
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.simulation import run_config
 
