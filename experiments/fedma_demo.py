@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import world  # noqa: E402
 from fedjax_mm.setups import fedma  # noqa: E402
-from fedjax_mm.simulation import driver  # noqa: E402
+from fedjax_mm.simulation import driver, mesh  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = tuple(f"acc_{a}" for a in world.ATTRIBUTES)
@@ -114,6 +114,7 @@ def main() -> None:
   parser.add_argument("--override", action="append", default=[],
                       help="config overrides key=value (python literal), repeatable")
   args = parser.parse_args()
+  mesh.use_cpu_cores()   # one CPU device per core (before any JAX computation)
   workdir = Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()

@@ -12,15 +12,16 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from fedjax_mm import aggregation, algorithms, checks
-from fedjax_mm.aggregation import canonical
+from fedjax_mm.aggregation import canonical, knots
 from fedjax_mm import client as client_lib
 from fedjax_mm import schedules
 from fedjax_mm.data import federated
-from fedjax_mm.server import fedopt
+from fedjax_mm.server import fedopt, orthogonal_momentum
 from fedjax_mm.simulation import round as round_lib
 
 DATASETS = ("synthetic", "world")
 WEIGHTINGS = ("num_examples", "uniform", "custom")
+CANONICAL_PATHS = ("auto", "stacked", "streamed")
 
 
 def _schedule_fields(section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -41,7 +42,15 @@ def client_section(optimizer: str, learning_rate: float) -> ml_collections.Confi
 def server_section(optimizer: str, learning_rate: float) -> ml_collections.ConfigDict:
   """Default ``config.server``; adaptive options unset mean "the convention's value"."""
   section = ml_collections.ConfigDict(dict(
-      optimizer=optimizer, learning_rate=learning_rate, momentum=0.9, convention="reddi"))
+      optimizer=optimizer, learning_rate=learning_rate, momentum=0.9, convention="reddi",
+      # opm (Fed-CMP's orthogonality-preserved momentum, a reconstruction; needs
+      # aggregation.kind='canonical'; `momentum` is its β): see server/orthogonal_momentum.py
+      opm_variant="stiefel",      # stiefel | span
+      basis_momentum=0.5,         # stiefel: β_B of the basis's tangent momentum
+      basis_step=1.0,             # stiefel: γ, the basis step before retraction
+      retraction="polar",         # polar | qr
+      procrustes=True,            # align each round's basis to the smoothed one
+      opm_residual="keep"))       # keep | drop: the update outside the basis's span
   for name, kind in (("b1", float), ("b2", float), ("tau", float), ("bias_correction", str),
                      ("tau_placement", str), ("initial_v", float)):
     section[name] = ml_collections.config_dict.placeholder(kind)
@@ -61,7 +70,7 @@ def aggregation_section() -> ml_collections.ConfigDict:
       weighting="num_examples",   # num_examples | uniform | custom
       custom_weights_path="",     # .npy of [num_clients] weights, for custom
       kind="mean",                # mean | median | trimmed_mean | krum | multi_krum |
-                                  # geometric_median | canonical
+                                  # geometric_median | canonical | ties | knots
       clip_norm=0.0,              # > 0: clip each client's delta to this L2 norm first
       trim_fraction=0.1,          # trimmed_mean: dropped at each end per coordinate
       num_byzantine=0,            # krum / multi_krum: tolerated faulty clients f
@@ -71,6 +80,13 @@ def aggregation_section() -> ml_collections.ConfigDict:
       canonical_rank=0,           # canonical (Fed-CMP's CRA): basis size per matrix (0: full)
       canonical_reliability="explained",   # explained | agreement | uniform
       canonical_temperature=0.1,  # canonical: softmax temperature of the reliabilities
+      canonical_fusion="coefficients",   # coefficients (U Σ α_k C_k) | mean (basis only)
+      canonical_score_with="current",    # current | previous (last round's basis)
+      canonical_path="auto",      # auto (stacked if under max_stack_mib) | stacked | streamed
+      merge_density=0.2,          # ties / knots: share of each client's entries kept
+      merge_scale=1.0,            # ties / knots: λ on the merged update
+      knots_merge="ties",         # knots: ties | mean, on the aligned coefficients
+      knots_rank=0,               # knots: SVD rank per matrix (0: full)
       max_stack_mib=4096.0))      # whole-cohort aggregators: cap on the stacked updates
 
 
@@ -141,6 +157,26 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
           integer=True)
   _one_of(config, "aggregation.canonical_reliability", canonical.RELIABILITIES)
   _number(config, "aggregation.canonical_temperature", lambda v: v > 0, "> 0")
+  _one_of(config, "aggregation.canonical_fusion", canonical.FUSIONS)
+  _one_of(config, "aggregation.canonical_score_with", canonical.SCORINGS)
+  _one_of(config, "aggregation.canonical_path", CANONICAL_PATHS)
+  _number(config, "aggregation.merge_density", lambda v: 0 < v <= 1, "in (0, 1]")
+  _number(config, "aggregation.merge_scale", lambda v: v > 0, "> 0")
+  _one_of(config, "aggregation.knots_merge", knots.MERGES)
+  _number(config, "aggregation.knots_rank", lambda v: v >= 0, ">= 0 (0 = full rank)",
+          integer=True)
+  g = config.aggregation
+  if g.kind == "canonical" and g.canonical_path == "streamed" and (
+      g.canonical_score_with != "previous" or g.canonical_reliability == "agreement"):
+    raise ConfigError(
+        "config.aggregation.canonical_path: 'streamed' scores each client as it streams "
+        "past, before this round's basis exists: it needs canonical_score_with='previous' "
+        "and canonical_reliability in ('explained', 'uniform'), got "
+        f"{g.canonical_score_with!r} and {g.canonical_reliability!r}")
+  if config.server.optimizer == "opm" and g.kind != "canonical":
+    raise ConfigError(
+        "config.server.optimizer: 'opm' moves the canonical aggregator's shared basis, so it "
+        f"needs aggregation.kind='canonical', got {g.kind!r}")
 
 
 def _schedule(config, prefix: str) -> None:
@@ -209,6 +245,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _number(config, "chunk_size", lambda v: v >= 0, ">= 0 (0 = whole cohort)", integer=True)
   _number(config, "num_devices", lambda v: v >= 0, ">= 0 (0 = all devices)", integer=True)
   _one_of(config, "sampling", round_lib.SAMPLINGS)
+  rounds, c = config.num_rounds, config.clients_per_round
+  if config.sampling == "one_pass" and rounds * c > k:
+    # Past K // C rounds the one-pass order would wrap and revisit clients,
+    # silently breaking the regime the run asked for.
+    raise ConfigError(
+        f"config.sampling: 'one_pass' visits each client at most once, so num_rounds x "
+        f"clients_per_round must be <= data.num_clients; got num_rounds={rounds} x "
+        f"clients_per_round={c} = {rounds * c} > data.num_clients={k} (use num_rounds <= "
+        f"{k // c}, fewer clients_per_round or more clients)")
   if config.data.name == "synthetic":
     _number(config, "data.alpha", lambda v: v >= 0, ">= 0")
     _number(config, "data.beta", lambda v: v >= 0, ">= 0")
@@ -243,11 +288,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if _get(config, "server.tau_placement") is not None:
     _one_of(config, "server.tau_placement", fedopt.TAU_PLACEMENTS)
   _schedule(config, "server")
+  if config.server.optimizer == "opm":
+    _one_of(config, "server.opm_variant", orthogonal_momentum.VARIANTS)
+    _one_of(config, "server.retraction", orthogonal_momentum.RETRACTIONS)
+    _one_of(config, "server.opm_residual", orthogonal_momentum.RESIDUALS)
+    _number(config, "server.basis_momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    _number(config, "server.basis_step", lambda v: v > 0, "> 0")
+    _one_of(config, "server.procrustes", (True, False))
   try:  # Options can conflict only once resolved against the convention.
     s = config.server
     fedopt.make_server_optimizer(
         s.optimizer, learning_rate=s.learning_rate,
-        momentum=s.momentum if s.optimizer == "fedavgm" else 0.0, b1=s.b1, b2=s.b2,
+        momentum=s.momentum if s.optimizer in ("fedavgm", "opm") else 0.0, b1=s.b1, b2=s.b2,
         tau=s.tau, convention=s.convention, bias_correction=s.bias_correction,
         tau_placement=s.tau_placement, initial_v=s.initial_v)
   except ValueError as e:

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from fedjax_mm import configuration, metrics
 from fedjax_mm.simulation import driver
+from fedjax_mm.simulation import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (optionally with :arg).", lock_config=True)
@@ -25,6 +26,7 @@ def main(argv: list[str]) -> None:
   del argv
   # Orbax reports every save at INFO through absl; keep the console for progress.
   logging.set_verbosity(logging.WARNING)
+  mesh_lib.use_cpu_cores()   # before any JAX computation; no-op on GPU/TPU
   try:
     summary = driver.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         progress=_PROGRESS.value)

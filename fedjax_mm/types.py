@@ -64,6 +64,9 @@ class ServerState:
       control variate); ``()`` when it has none.
     aggregator: the aggregator's state carried across rounds; ``()`` when
       it has none.
+    last_update: the update the server applied last round (zeros before
+      the first), for the round-to-round oscillation metric
+      ``update_cosine``; ``()`` turns the metric off.
   """
 
   round: jax.Array
@@ -72,6 +75,7 @@ class ServerState:
   rng: jax.Array
   algorithm: PyTree = ()
   aggregator: PyTree = ()
+  last_update: PyTree = ()
 
 
 @struct.dataclass

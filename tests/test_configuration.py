@@ -23,6 +23,16 @@ def _base(arg=None) -> ml_collections.ConfigDict:
   return config_files.load(REPO_ROOT / "configs" / "synthetic.py", arg)
 
 
+def _set_all(*pairs):
+  """A mutator that sets several ``(path, value)`` fields."""
+  mutators = [_set(path, value) for path, value in pairs]
+
+  def mutate(config):
+    for m in mutators:
+      m(config)
+  return mutate
+
+
 def _set(path: str, value, ignore_type: bool = False):
   """A mutator that sets ``config.<path> = value``."""
   def mutate(config):
@@ -124,7 +134,20 @@ _BAD = [
      r">= 0, got -0\.1"),
     ("aggregator_unknown", _set("aggregation.kind", "bulyan"), "aggregation.kind",
      r"must be one of \('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum', "
-     r"'geometric_median', 'canonical'\), got 'bulyan'"),
+     r"'geometric_median', 'canonical', 'ties', 'knots'\), got 'bulyan'"),
+    ("canonical_path", _set("aggregation.canonical_path", "disk"),
+     "aggregation.canonical_path", r"must be one of \('auto', 'stacked', 'streamed'\)"),
+    ("canonical_streamed_current", _set_all(("aggregation.kind", "canonical"),
+                                            ("aggregation.canonical_path", "streamed")),
+     "aggregation.canonical_path", "needs canonical_score_with='previous'"),
+    ("opm_needs_canonical", _set("server.optimizer", "opm"), "server.optimizer",
+     "needs aggregation.kind='canonical', got 'mean'"),
+    ("opm_retraction", _set_all(("server.optimizer", "opm"), ("server.retraction", "cayley")),
+     "server.retraction", r"must be one of \('qr', 'polar'\)"),
+    ("merge_density", _set("aggregation.merge_density", 0.0), "aggregation.merge_density",
+     r"in \(0, 1\], got 0\.0"),
+    ("knots_merge", _set("aggregation.knots_merge", "dare"), "aggregation.knots_merge",
+     r"must be one of \('ties', 'mean'\)"),
     ("canonical_rank_negative", _set("aggregation.canonical_rank", -1),
      "aggregation.canonical_rank", r">= 0 \(0 = full rank\), got -1"),
     ("canonical_reliability", _set("aggregation.canonical_reliability", "vote"),
@@ -270,6 +293,8 @@ def test_every_server_optimizer_and_convention_accepted():
       config = _base()
       config.server.optimizer = name
       config.server.convention = convention
+      if name == "opm":   # moves the canonical aggregator's basis
+        config.aggregation.kind = "canonical"
       configuration.validate(config)
 
 

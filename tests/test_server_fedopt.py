@@ -434,7 +434,7 @@ def test_schedule_is_indexed_by_round():
 # ----------------------------------------------------------- jit and dtypes
 
 
-@pytest.mark.parametrize("name", fedopt.SERVER_OPTIMIZERS)
+@pytest.mark.parametrize("name", fedopt.FEDOPT_OPTIMIZERS)
 def test_update_traces_once_and_keeps_dtypes(name):
   tx = server.make_server_optimizer(name, learning_rate=0.1,
                                     momentum=0.9 if name == "fedavgm" else 0.0)
@@ -486,7 +486,7 @@ def test_state_types():
 # ------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", fedopt.SERVER_OPTIMIZERS)
+@pytest.mark.parametrize("name", fedopt.FEDOPT_OPTIMIZERS)
 def test_make_server_optimizer_matches_factories(name):
   direct = {
       "fedavg": lambda: server.fedavg(0.2),
@@ -508,7 +508,7 @@ def test_make_server_optimizer_matches_factories(name):
 
 def test_registry_names():
   assert server.SERVER_OPTIMIZERS == ("fedavg", "fedavgm", "fedadam",
-                                      "fedyogi", "fedadagrad")
+                                      "fedyogi", "fedadagrad", "opm")
 
 
 # ----------------------------------------------------------------- errors
@@ -519,7 +519,7 @@ def test_unknown_name_message():
     server.make_server_optimizer("sgd", learning_rate=1.0)
   assert str(info.value) == (
       "server optimizer name: must be one of ('fedavg', 'fedavgm', 'fedadam', "
-      "'fedyogi', 'fedadagrad'), got 'sgd'")
+      "'fedyogi', 'fedadagrad', 'opm'), got 'sgd'")
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -3,7 +3,8 @@
 The whole-cohort reductions are also plain public functions (stacked pytree
 ``[C, ...]``, weights ``[C]``, mask ``[C]`` -> aggregate), callable outside a
 round: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`krum`,
-:func:`geometric_median`.
+:func:`geometric_median`, :func:`canonical_fusion`, :func:`ties_merge`,
+:func:`knots_merge`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,29 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
-                                        StreamingAggregator, stateless)
-from fedjax_mm.aggregation.canonical import canonical_fusion
+                                        StreamingAggregator, stack_bytes, stateless)
+from fedjax_mm.aggregation.canonical import (CanonicalState, canonical_aggregator,
+                                             canonical_fusion)
+from fedjax_mm.aggregation.canonical_streamed import canonical_streaming
 from fedjax_mm.aggregation.clipping import l2_clip
 from fedjax_mm.aggregation.coordinatewise import coordinate_median, trimmed_mean
 from fedjax_mm.aggregation.geometric_median import geometric_median
+from fedjax_mm.aggregation.knots import knots_merge
 from fedjax_mm.aggregation.krum import krum, krum_scores
 from fedjax_mm.aggregation.mean import weighted_mean
+from fedjax_mm.aggregation.ties import ties_merge
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "geometric_median",
-               "canonical")
+               "canonical", "ties", "knots")
 
 
 def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
                     num_byzantine: int = 0, num_selected: int = 0,
                     smoothing: float = 1e-6, max_iters: int = 100, rank: int = 0,
-                    reliability: str = "explained", temperature: float = 0.1) -> Aggregator:
+                    reliability: str = "explained", temperature: float = 0.1,
+                    fusion: str = "coefficients", score_with: str = "current",
+                    streamed: bool = False, density: float = 0.2, merge_scale: float = 1.0,
+                    knots_merge_kind: str = "ties", knots_rank: int = 0) -> Aggregator:
   """An aggregator by name.
 
   Args:
@@ -36,9 +44,16 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
     num_byzantine: f, the number of faulty clients Krum tolerates.
     num_selected: Multi-Krum's m (0: ``C - f``).
     smoothing, max_iters: the geometric median's ν and iteration cap.
-    rank, reliability, temperature: canonical fusion's basis size per matrix
-      (0: full), reliability score and softmax temperature (Fed-CMP's CRA,
-      a reconstruction: see ``aggregation/canonical.py``).
+    rank, reliability, temperature, fusion, score_with: canonical fusion's
+      basis size per matrix (0: full), reliability score, softmax
+      temperature, fusion and scoring basis (Fed-CMP's CRA, a reconstruction:
+      see ``aggregation/canonical.py``).
+    streamed: canonical only: the streamed second-moment path (scores with
+      last round's basis) instead of the stacked one.
+    density, merge_scale: TIES's kept fraction per client and λ (also KnOTS's,
+      on the aligned coefficients).
+    knots_merge_kind, knots_rank: KnOTS's merge of the aligned coefficients
+      (``"ties"`` or ``"mean"``) and SVD rank per matrix (0: full).
   """
   if kind == "mean":
     return weighted_mean()
@@ -64,17 +79,27 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
 
     return stateless(kind, reduce_gm)
   if kind == "canonical":
-
-    def reduce_canonical(d, w, mask):
-      result, info = canonical_fusion(d, w, mask, rank=rank or None, reliability=reliability,
-                                      temperature=temperature)
-      return result, {"explained": info["explained"]}
-
-    return stateless(kind, reduce_canonical)
+    options = dict(rank=rank or None, reliability=reliability, temperature=temperature,
+                   fusion=fusion)
+    if streamed:
+      if score_with != "previous":
+        raise ValueError("score_with: the streamed canonical path scores clients before this "
+                         "round's basis exists, so it must be 'previous', got "
+                         f"{score_with!r}")
+      return canonical_streaming(**options)
+    return canonical_aggregator(score_with=score_with, **options)
+  if kind == "ties":
+    return stateless(kind, lambda d, w, m: ties_merge(d, w, m, density=density,
+                                                      scale=merge_scale))
+  if kind == "knots":
+    return stateless(kind, lambda d, w, m: knots_merge(
+        d, w, m, merge=knots_merge_kind, density=density, scale=merge_scale,
+        rank=knots_rank or None))
   raise ValueError(f"aggregation kind must be one of {AGGREGATORS}, got {kind!r}")
 
 
-__all__ = ["AGGREGATORS", "canonical_fusion", "Aggregator", "CohortAggregator", "Preprocessor",
+__all__ = ["AGGREGATORS", "CanonicalState", "canonical_aggregator", "canonical_fusion",
+           "canonical_streaming", "Aggregator", "CohortAggregator", "Preprocessor",
            "StreamingAggregator", "coordinate_median", "geometric_median", "krum",
-           "krum_scores", "l2_clip", "make_aggregator", "stateless",
-           "trimmed_mean", "weighted_mean"]
+           "knots_merge", "krum_scores", "l2_clip", "make_aggregator", "stack_bytes", "stateless",
+           "ties_merge", "trimmed_mean", "weighted_mean"]

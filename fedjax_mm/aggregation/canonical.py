@@ -11,22 +11,29 @@ to ``m x n`` over its last axis), over the valid clients k with updates ΔW_k:
 
 1. basis: ``U`` = the top-``r`` left singular vectors of
    ``M = [ΔW_1 | ... | ΔW_K]`` (``m x nK``), computed as the eigenvectors of
-   ``Σ_k ΔW_k ΔW_kᵀ`` (``m x m``: the same space, and a sum that could be
-   streamed chunk by chunk);
+   ``G = Σ_k ΔW_k ΔW_kᵀ`` (``m x m``: the same space, and a sum that streams
+   chunk by chunk, see ``canonical_streamed.py``);
 2. coefficients ``C_k = Uᵀ ΔW_k`` (``r x n``);
 3. reliability ``ρ_k`` (option ``reliability``):
    ``"explained"``: ``‖U C_k‖² / ‖ΔW_k‖²``, the share of the update the
-   shared basis explains; ``"agreement"``: the cosine between ``C_k`` and the
-   weighted consensus ``Σ p_k C_k``; ``"uniform"``: 0 (plain weights);
-4. fusion weights ``α_k ∝ w_k · exp(ρ_k / τ)`` (normalized over valid
-   clients; ``w_k`` the aggregation weights, ``τ`` the temperature), one per
-   client for all matrices (its reliability pooled over their energy);
-5. aggregate ``U Σ_k α_k C_k``.
+   shared basis explains (pooled over the matrices); ``"agreement"``: the
+   cosine between ``C_k`` and the weighted consensus ``Σ p_k C_k``;
+   ``"uniform"``: 0 (plain weights). Option ``score_with``: score against
+   this round's basis (``"current"``) or last round's (``"previous"``, what
+   a one-pass streamed server can do; round 0 then scores uniformly);
+4. fusion weights ``α_k ∝ w_k · exp(ρ_k / τ)`` (softmax over valid clients;
+   ``w_k`` the aggregation weights, ``τ`` the temperature);
+5. aggregate (option ``fusion``): ``"coefficients"``: ``U Σ_k α_k C_k``;
+   ``"mean"``: the plain weighted mean ``Σ p_k ΔW_k`` (the basis is still
+   computed and handed on: the "momentum only" ablation of Fed-CMP).
 
 Vectors and scalars (biases) are fused by the same ``α`` without a basis.
 With full rank the basis spans every update, so ``"explained"`` gives
 ``ρ_k = 1`` for all and CRA is exactly the weighted mean: the reliability
 weighting only matters once the rank is truncated (or with ``"agreement"``).
+The round's bases are kept in :class:`CanonicalState`, which the round hands
+to the server transform (``aggregator_state=``): Fed-CMP's orthogonality-
+preserved momentum (``server/orthogonal_momentum.py``) reads them there.
 
 References:
   Xiong et al., "A Step Toward Federated Pretraining of Multimodal Large
@@ -38,38 +45,100 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator
 from fedjax_mm.types import PyTree
 
 RELIABILITIES = ("explained", "agreement", "uniform")
+FUSIONS = ("coefficients", "mean")
+SCORINGS = ("current", "previous")
 
 
-def _basis(deltas_CxMxN: jax.Array, mask: jax.Array, rank: int) -> jax.Array:
-  """Top-``rank`` eigenvectors (``m x rank``) of ``Σ_k ΔW_k ΔW_kᵀ`` over valid k."""
-  valid = mask.astype(deltas_CxMxN.dtype)[:, None, None]
-  gram = jnp.einsum("cmn,cpn->mp", deltas_CxMxN * valid, deltas_CxMxN * valid)
+class CanonicalState(NamedTuple):
+  """The last round's shared bases, one ``m x r`` per matrix leaf (leaf order)."""
+
+  bases: tuple[jax.Array, ...]
+  has_basis: jax.Array
+
+
+def basis_rank(rank: int | float | None, m: int) -> int:
+  """The basis size for an ``m``-row matrix: None = full, an int (capped), a fraction."""
+  if rank is None:
+    return m
+  if isinstance(rank, numbers.Integral):
+    return min(m, int(rank))
+  return max(1, min(m, math.ceil(rank * m)))
+
+
+def check_options(rank, reliability: str, temperature: float, fusion: str = "coefficients",
+                  score_with: str = "current") -> None:
+  checks.one_of("reliability", reliability, RELIABILITIES)
+  checks.one_of("fusion", fusion, FUSIONS)
+  checks.one_of("score_with", score_with, SCORINGS)
+  checks.number("temperature", temperature, lambda v: math.isfinite(v) and v > 0,
+                "> 0 (finite)")
+  if rank is not None:
+    ok = (lambda v: v >= 1) if isinstance(rank, numbers.Integral) else (lambda v: 0 < v <= 1)
+    checks.number("rank", rank, ok, "an int >= 1 or a fraction in (0, 1], or None")
+
+
+def as_matrix(x: jax.Array, lead: int) -> jax.Array:
+  """A leaf as ``[*lead dims, m, n]`` (leading dims after ``lead`` flattened into m)."""
+  return x.reshape(x.shape[:lead] + (-1, x.shape[-1]))
+
+
+def is_matrix(x: jax.Array, lead: int) -> bool:
+  return x.ndim >= lead + 2
+
+
+def init_state(template: PyTree, rank: int | float | None) -> CanonicalState:
+  """Zero bases shaped for ``template`` (one client's update)."""
+  bases = []
+  for x in jax.tree.leaves(template):
+    if is_matrix(x, 0):
+      m = math.prod(x.shape[:-1])
+      bases.append(jnp.zeros((m, basis_rank(rank, m)), jnp.float32))
+  return CanonicalState(bases=tuple(bases), has_basis=jnp.zeros((), bool))
+
+
+def top_eigenvectors(gram: jax.Array, r: int) -> jax.Array:
+  """Top-``r`` eigenvectors (``m x r``) of a symmetric PSD ``gram``."""
   _, vectors = jnp.linalg.eigh(gram)            # ascending eigenvalues
-  return vectors[:, ::-1][:, :rank]
+  return vectors[:, ::-1][:, :r]
 
 
-def _reliability(kind: str, explained: jax.Array, coeffs: jax.Array, p: jax.Array) -> jax.Array:
-  if kind == "uniform":
+def explained_energy(bases, grams) -> jax.Array:
+  """Share of the cohort's update energy ``Σ tr(UᵀGU) / Σ tr(G)`` the bases span."""
+  inside = sum((jnp.sum(u * (g @ u)) for u, g in zip(bases, grams)), jnp.zeros(()))
+  total = sum((jnp.trace(g) for g in grams), jnp.zeros(()))
+  return jnp.where(total > 0, inside / jnp.maximum(total, 1e-30), 1.0)
+
+
+def reliability_scores(kind: str, deltas: list[jax.Array], bases, p: jax.Array) -> jax.Array:
+  """``[C]`` reliabilities of the clients' matrix updates ``[C, m, n]`` under ``bases``."""
+  if kind == "uniform" or not deltas:
     return jnp.zeros_like(p)
-  if kind == "explained":
-    return explained
-  consensus = jnp.einsum("c,crn->rn", p, coeffs)
-  dots = jnp.einsum("crn,rn->c", coeffs, consensus)
-  norms = jnp.sqrt(jnp.sum(coeffs**2, axis=(1, 2)) * jnp.sum(consensus**2))
-  return dots / jnp.maximum(norms, 1e-30)
+  coeffs = [jnp.einsum("mr,cmn->crn", u, x) for u, x in zip(bases, deltas)]
+  if kind == "explained":   # ‖U C_k‖² = ‖C_k‖² for orthonormal U
+    inside = sum(jnp.sum(c**2, axis=(1, 2)) for c in coeffs)
+    energy = sum(jnp.sum(x**2, axis=(1, 2)) for x in deltas)
+    return jnp.where(energy > 0, inside / jnp.maximum(energy, 1e-30), 1.0)
+  flat = jnp.concatenate([c.reshape(c.shape[0], -1) for c in coeffs], axis=1)
+  consensus = p @ flat
+  norms = jnp.linalg.norm(flat, axis=1) * jnp.linalg.norm(consensus)
+  return (flat @ consensus) / jnp.maximum(norms, 1e-30)
 
 
 def canonical_fusion(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
                      rank: int | float | None = None, reliability: str = "explained",
-                     temperature: float = 0.1) -> tuple[PyTree, dict[str, jax.Array]]:
+                     temperature: float = 0.1, fusion: str = "coefficients",
+                     score_bases: tuple[jax.Array, ...] | None = None
+                     ) -> tuple[PyTree, dict]:
   """Fuses stacked client updates in a shared canonical basis (see the module doc).
 
   Args:
@@ -80,54 +149,58 @@ def canonical_fusion(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
       ``m``), or a float in (0, 1] = that fraction of ``m`` (at least 1).
     reliability: one of ``RELIABILITIES``.
     temperature: τ > 0 of the softmax over reliabilities.
+    fusion: one of ``FUSIONS``.
+    score_bases: bases to score reliabilities against (default: this round's).
 
   Returns:
-    ``(aggregate, info)``; ``info["explained"]`` is the weighted mean share
-    of the matrices' update energy the bases explain (1 at full rank),
-    ``info["alpha"]`` the ``[C]`` fusion weights.
+    ``(aggregate, info)``: ``info["explained"]`` is the share of the cohort's
+    matrix-update energy the bases span (1 at full rank), ``info["alpha"]``
+    the ``[C]`` fusion weights, ``info["bases"]`` the ``m x r`` bases.
   """
-  checks.one_of("reliability", reliability, RELIABILITIES)
-  checks.number("temperature", temperature, lambda v: math.isfinite(v) and v > 0,
-                "> 0 (finite)")
-  if rank is not None:
-    ok = (lambda v: v >= 1) if isinstance(rank, numbers.Integral) else (lambda v: 0 < v <= 1)
-    checks.number("rank", rank, ok, "an int >= 1 or a fraction in (0, 1], or None")
+  check_options(rank, reliability, temperature, fusion)
   mask = mask.astype(bool)
   w = jnp.where(mask, weights.astype(jnp.float32), 0.0)
   p = w / jnp.maximum(jnp.sum(w), 1e-30)
   leaves, treedef = jax.tree.flatten(updates)
-  matrices = [x.reshape(x.shape[0], -1, x.shape[-1]) for x in leaves if x.ndim >= 3]
-  coeffs, bases, explained = [], [], jnp.zeros(mask.shape, jnp.float32)
-  energy = jnp.zeros(mask.shape, jnp.float32)
-  for x in matrices:
-    x = jnp.where(mask[:, None, None], x, 0.0).astype(jnp.float32)
-    m = x.shape[1]
-    if rank is None:
-      r = m
-    elif isinstance(rank, numbers.Integral):
-      r = min(m, int(rank))
-    else:   # a fraction of the matrix's row space
-      r = max(1, min(m, math.ceil(rank * m)))
-    u = _basis(x, mask, r)
-    c = jnp.einsum("mr,cmn->crn", u, x)
-    bases.append(u)
-    coeffs.append(c)
-    explained = explained + jnp.sum(c**2, axis=(1, 2))   # ‖U C_k‖² = ‖C_k‖² (U orthonormal)
-    energy = energy + jnp.sum(x**2, axis=(1, 2))
-  share = jnp.where(energy > 0, explained / jnp.maximum(energy, 1e-30), 1.0)
-  stacked = (jnp.concatenate([c.reshape(c.shape[0], -1) for c in coeffs], axis=1)
-             if coeffs else jnp.zeros(mask.shape + (1, 1), jnp.float32))
-  rho = _reliability(reliability, share, stacked.reshape(mask.shape[0], 1, -1), p)
+  deltas = [jnp.where(mask[:, None, None], as_matrix(x, 1), 0.0).astype(jnp.float32)
+            for x in leaves if is_matrix(x, 1)]
+  grams = [jnp.einsum("cmn,cpn->mp", x, x) for x in deltas]
+  bases = tuple(top_eigenvectors(g, basis_rank(rank, g.shape[0])) for g in grams)
+  rho = reliability_scores(reliability, deltas, bases if score_bases is None else score_bases, p)
   logits = jnp.where(mask, jnp.log(jnp.maximum(w, 1e-30)) + rho / temperature, -jnp.inf)
-  alpha = jnp.where(jnp.any(mask), jax.nn.softmax(logits), 0.0)
-  alpha = jnp.where(mask, alpha, 0.0)
-  out, it = [], iter(zip(bases, coeffs))
+  alpha = jnp.where(mask & jnp.any(mask), jax.nn.softmax(logits), 0.0)
+  mix = p if fusion == "mean" else alpha
+  out, it = [], iter(zip(bases, deltas))
   for x in leaves:
-    if x.ndim >= 3:
-      u, c = next(it)
-      fused = u @ jnp.einsum("c,crn->rn", alpha, c)
+    if is_matrix(x, 1):
+      u, d = next(it)
+      fused = jnp.einsum("c,cmn->mn", mix, d)
+      if fusion == "coefficients":   # U Σ α_k C_k = U Uᵀ Σ α_k ΔW_k
+        fused = u @ (u.T @ fused)
       out.append(fused.reshape(x.shape[1:]).astype(x.dtype))
     else:
       safe = jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
-      out.append(jnp.tensordot(alpha.astype(x.dtype), safe, axes=1))
-  return jax.tree.unflatten(treedef, out), {"explained": jnp.sum(p * share), "alpha": alpha}
+      out.append(jnp.tensordot(mix.astype(x.dtype), safe, axes=1))
+  info = {"explained": explained_energy(bases, grams), "alpha": alpha, "bases": bases}
+  return jax.tree.unflatten(treedef, out), info
+
+
+def canonical_aggregator(*, rank: int | float | None = None, reliability: str = "explained",
+                         temperature: float = 0.1, fusion: str = "coefficients",
+                         score_with: str = "current") -> CohortAggregator:
+  """CRA on the stacked cohort; its state keeps the round's bases (for OPM)."""
+  check_options(rank, reliability, temperature, fusion, score_with)
+
+  def aggregate(state: CanonicalState, deltas, weights, mask, key):
+    del key
+    previous = state.bases if score_with == "previous" else None
+    if previous is not None:   # round 0 has no previous basis: score uniformly
+      previous = tuple(jnp.where(state.has_basis, u, 0.0) for u in previous)
+    result, info = canonical_fusion(deltas, weights, mask, rank=rank, reliability=reliability,
+                                    temperature=temperature, fusion=fusion,
+                                    score_bases=previous)
+    new_state = CanonicalState(bases=info["bases"], has_basis=jnp.ones((), bool))
+    return result, new_state, {"explained": info["explained"]}
+
+  return CohortAggregator(name="canonical", init=lambda t: init_state(t, rank),
+                          aggregate=aggregate)

@@ -140,6 +140,35 @@ def sample_cohort(key: jax.Array, num_clients: int, cohort_size: int,
   return jax.lax.top_k(scores, cohort_size)[1].astype(jnp.int32)
 
 
+def one_pass_cohort(key: jax.Array, num_clients: int, cohort_size: int,
+                    round_index: jax.Array) -> jax.Array:
+  """Round ``t``'s slice ``[t*C, (t+1)*C)`` of one keyed order of the K clients.
+
+  The order is a keyed bijection of ``[0, K)`` (:mod:`permutation`) evaluated
+  only at the round's C positions: O(C) per round, where materializing the
+  permutation would cost O(K) every round. With the same ``key`` every round,
+  rounds ``0 .. K // C - 1`` draw disjoint cohorts, so no client (hence, with
+  one local epoch, no example) is visited twice in that many rounds.
+
+  Args:
+    key: the run's ordering key; it must be the same in every round (derive
+      it from the root key, not the round key).
+    num_clients: K.
+    cohort_size: C <= K.
+    round_index: scalar round ``t`` (may be traced).
+
+  Returns:
+    ``[C]`` int32 distinct client ids. Past round ``K // C`` positions wrap
+    modulo K (a second pass in the same order); callers that promise one pass
+    refuse such runs up front.
+  """
+  # uint32 positions: t * C stays exact for any run that fits one pass
+  # (t * C < K < 2**31); the permutation reduces them modulo K.
+  start = jnp.asarray(round_index, jnp.uint32) * jnp.uint32(cohort_size)
+  positions = start + jnp.arange(cohort_size, dtype=jnp.uint32)
+  return permutation.permute(positions, num_clients, permutation.round_keys(key))
+
+
 class LocalSchedule(NamedTuple):
   """How many local steps a client takes over which of its examples.
 

@@ -35,6 +35,7 @@ import optax
 
 from fedjax_mm import checks
 from fedjax_mm.server import conventions
+from fedjax_mm.server.orthogonal_momentum import orthogonal_momentum
 # Re-exported: the config layer, the driver and the tests read them from here.
 from fedjax_mm.server.adaptive import FedAdagradState  # noqa: F401
 from fedjax_mm.server.adaptive import FedAdamState  # noqa: F401
@@ -47,7 +48,10 @@ from fedjax_mm.server.conventions import CONVENTIONS
 from fedjax_mm.server.conventions import DEFAULT_CONVENTION
 from fedjax_mm.server.conventions import TAU_PLACEMENTS  # noqa: F401
 
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+FEDOPT_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# "opm" (Fed-CMP's momentum) reads the canonical aggregator's basis, passed by
+# the round as the extra argument ``aggregator_state``.
+SERVER_OPTIMIZERS = FEDOPT_OPTIMIZERS + ("opm",)
 
 
 def fedavg(learning_rate: optax.ScalarOrSchedule = 1.0
@@ -172,6 +176,7 @@ def make_server_optimizer(
     bias_correction: str | None = None,
     tau_placement: str | None = None,
     initial_v: float | None = None,
+    opm: dict | None = None,
 ) -> optax.GradientTransformation:
   """Builds a server optimizer by name (the entry point of the config layer).
 
@@ -182,10 +187,13 @@ def make_server_optimizer(
   Args:
     name: one of ``SERVER_OPTIMIZERS``.
     learning_rate: server learning rate η, a float or a schedule of the round.
-    momentum: FedAvgM's μ; must stay 0 for ``fedavg``.
+    momentum: FedAvgM's (and OPM's) μ; must stay 0 for ``fedavg``.
     nesterov: FedAvgM's Nesterov flag.
     b1, b2, tau, convention, bias_correction, tau_placement, initial_v: the
       shared FedOpt options, see :mod:`fedjax_mm.server.conventions`.
+    opm: ``"opm"`` only: keyword options of
+      :func:`~fedjax_mm.server.orthogonal_momentum.orthogonal_momentum` (Fed-CMP's
+      momentum on the canonical aggregator's basis; ``rank`` must match it).
 
   Returns:
     The optimizer.
@@ -202,6 +210,9 @@ def make_server_optimizer(
     return fedavg(learning_rate)
   if name == "fedavgm":
     return fedavgm(learning_rate, momentum, nesterov)
+  if name == "opm":
+    return optax.chain(orthogonal_momentum(momentum, **(opm or {})),
+                       optax.scale_by_learning_rate(learning_rate))
   options = dict(convention=convention, bias_correction=bias_correction,
                  tau_placement=tau_placement, initial_v=initial_v)
   if name == "fedadam":

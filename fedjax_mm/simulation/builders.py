@@ -36,12 +36,17 @@ def schedule(section: ml_collections.ConfigDict, num_rounds: int) -> optax.Scala
 
 def server_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   s = config.server
+  opm = None
+  if s.optimizer == "opm":
+    opm = dict(rank=config.aggregation.canonical_rank or None, variant=s.opm_variant,
+               basis_momentum=s.basis_momentum, basis_step=s.basis_step,
+               retraction=s.retraction, procrustes=bool(s.procrustes), residual=s.opm_residual)
   return fedopt.make_server_optimizer(
       s.optimizer, learning_rate=schedule(s, config.num_rounds),
-      momentum=s.momentum if s.optimizer == "fedavgm" else 0.0,
+      momentum=s.momentum if s.optimizer in ("fedavgm", "opm") else 0.0,
       b1=s.b1, b2=s.b2, tau=s.tau, convention=s.convention,
       bias_correction=s.bias_correction, tau_placement=s.tau_placement,
-      initial_v=s.initial_v)
+      initial_v=s.initial_v, opm=opm)
 
 
 def client_optimizer(config: ml_collections.ConfigDict) -> client_lib.ClientOptimizerFactory:
@@ -49,8 +54,30 @@ def client_optimizer(config: ml_collections.ConfigDict) -> client_lib.ClientOpti
                                           momentum=config.client.momentum)
 
 
-def round_parts(config: ml_collections.ConfigDict) -> RoundParts:
-  """``config.algorithm`` and ``config.aggregation`` -> :class:`RoundParts`."""
+def canonical_streamed(config: ml_collections.ConfigDict, template=None) -> bool:
+  """Whether the canonical aggregator takes its streamed path.
+
+  ``canonical_path="auto"`` streams when the stacked cohort (``template``
+  x ``clients_per_round``) would exceed ``aggregation.max_stack_mib`` and
+  the options allow streaming; otherwise the stacked path is kept (and the
+  round refuses it over the cap, naming the numbers).
+  """
+  g = config.aggregation
+  if g.canonical_path != "auto":
+    return g.canonical_path == "streamed"
+  if template is None:
+    return False
+  too_big = aggregation.stack_bytes(template, config.clients_per_round) > g.max_stack_mib * 2**20
+  streamable = g.canonical_score_with == "previous" and g.canonical_reliability != "agreement"
+  return too_big and streamable
+
+
+def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
+  """``config.algorithm`` and ``config.aggregation`` -> :class:`RoundParts`.
+
+  ``template`` (one client's update, e.g. ``jax.eval_shape`` of the trainable
+  init) lets ``canonical_path="auto"`` pick the stacked or streamed path.
+  """
   a, g = config.algorithm, config.aggregation
   momentum = config.client.momentum if config.client.optimizer == "momentum" else 0.0
   algorithm = algorithms.make_algorithm(a.name, prox_mu=a.prox_mu, client_momentum=momentum)
@@ -59,7 +86,11 @@ def round_parts(config: ml_collections.ConfigDict) -> RoundParts:
       g.kind, cohort_size=config.clients_per_round, trim_fraction=g.trim_fraction,
       num_byzantine=g.num_byzantine, num_selected=g.num_selected,
       smoothing=g.gm_smoothing, max_iters=g.gm_max_iters, rank=g.canonical_rank,
-      reliability=g.canonical_reliability, temperature=g.canonical_temperature)
+      reliability=g.canonical_reliability, temperature=g.canonical_temperature,
+      fusion=g.canonical_fusion, score_with=g.canonical_score_with,
+      streamed=g.kind == "canonical" and canonical_streamed(config, template),
+      density=g.merge_density, merge_scale=g.merge_scale, knots_merge_kind=g.knots_merge,
+      knots_rank=g.knots_rank)
   return RoundParts(algorithm, preprocessors, aggregator)
 
 

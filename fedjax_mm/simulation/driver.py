@@ -94,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train, test, task, setup_info = setup or setups.build(config, progress=progress)
   mesh = mesh_lib.make_client_mesh(config.num_devices)
   server_tx = builders.server_optimizer(config)
-  parts = builders.round_parts(config)
+  parts = builders.round_parts(config, jax.eval_shape(task.init_trainable, jax.random.key(0)))
   spec = round_lib.RoundSpec(
       num_clients=config.data.num_clients, cohort_size=config.clients_per_round,
       chunk_size=config.chunk_size, sampling=config.sampling,

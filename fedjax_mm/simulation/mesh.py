@@ -9,12 +9,42 @@ the global parameters and the population state are replicated.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_mm.types import PyTree
 
 CLIENTS_AXIS = "clients"
+
+
+def use_cpu_cores(num_devices: int | None = None) -> int | None:
+  """One XLA CPU device per core, so a CPU run's cohort is sharded over every core.
+
+  An XLA CPU device runs a program on about one core; with one device per
+  core the ``"clients"`` mesh spreads the cohort over all of them. Call it
+  before JAX computes anything (the entry points do); it is a no-op, with a
+  warning, once the backend is up, and it leaves GPU/TPU runs unchanged (their
+  default devices are the accelerators). ``$FEDJAX_MM_CPU_DEVICES`` overrides
+  the count (``1``: the old single-device behaviour).
+
+  Args:
+    num_devices: CPU devices to create (default: the env var, else one per core).
+
+  Returns:
+    The count requested, or None if the backend was already initialized.
+  """
+  env = os.environ.get("FEDJAX_MM_CPU_DEVICES")
+  n = num_devices or (int(env) if env else (os.cpu_count() or 1))
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:
+    logging.warning("use_cpu_cores: JAX is already initialized; keeping %d device(s)",
+                    jax.device_count())
+    return None
+  return n
 
 
 def make_client_mesh(num_devices: int | None = None) -> Mesh:

@@ -36,7 +36,7 @@ from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
 from fedjax_mm.types import ClientResult, PyTree, ServerState, Task
 
-SAMPLINGS = ("uniform", "size")
+SAMPLINGS = ("uniform", "size", "one_pass")
 DEFAULT_MAX_STACK_BYTES = 4 * 2**30
 
 
@@ -75,7 +75,19 @@ def round_key(state: ServerState) -> jax.Array:
 
 def cohort_ids(state: ServerState, spec: RoundSpec,
                sample_weights: jax.Array | None) -> jax.Array:
-  """The round's cohort, a pure function of ``(state.rng, state.round)``."""
+  """The round's cohort, a pure function of ``(state.rng, state.round)``.
+
+  ``"uniform"`` / ``"size"`` draw afresh each round from the round key.
+  ``"one_pass"`` takes positions ``[t*C, (t+1)*C)`` of one client order
+  drawn from the root key, so no client is drawn twice in ``K // C`` rounds.
+  """
+  if spec.sampling == "one_pass":
+    # One order for the whole run, so it must not come from a round key.
+    # 2**31 - 2 is reserved beside the parameters' 2**31 - 1: no round index
+    # reaches it, so no round key equals this one.
+    order_key = jax.random.fold_in(state.rng, 2**31 - 2)
+    return federated.one_pass_cohort(order_key, spec.num_clients, spec.cohort_size,
+                                     state.round)
   key = jax.random.fold_in(round_key(state), 0)
   weights = sample_weights if spec.sampling == "size" else None
   return federated.sample_cohort(key, spec.num_clients, spec.cohort_size, weights)
@@ -102,6 +114,12 @@ def _prefixed(name: str, metrics) -> dict[str, jax.Array]:
 def _all_finite(tree: PyTree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+def _cosine(a: PyTree, b: PyTree) -> jax.Array:
+  """cos(a, b) over whole pytrees; 0 when either is zero (e.g. the first round)."""
+  norms = optax.tree.norm(a) * optax.tree.norm(b)
+  return jnp.where(norms > 0, optax.tree.vdot(a, b) / jnp.maximum(norms, 1e-30), 0.0)
 
 
 def _exclude_nonfinite(result: ClientResult, new_state: PyTree, old_state: PyTree):
@@ -261,17 +279,28 @@ def build_round_fn(
                             population_weight=jnp.sum(agg_weights.astype(jnp.float32)))
     server_delta, alg_state, alg_metrics = algorithm.server.finalize(
         state.algorithm, aggregates)
-    updates, opt_state = server_tx.update(server_delta, state.opt_state, state.trainable)
+    # Transforms that take extra arguments (optax.chain always does) get the
+    # aggregator's new state: Fed-CMP's momentum reads the round's basis there.
+    extra = ({"aggregator_state": agg_state}
+             if isinstance(server_tx, optax.GradientTransformationExtraArgs) else {})
+    updates, opt_state = server_tx.update(server_delta, state.opt_state, state.trainable,
+                                          **extra)
     # No usable update this round (all excluded or weightless): keep the
     # server as it was. The driver stops a run whose clients all failed.
     has_update = (sums["counted"] > 0) & (sums["weight"] > 0)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(has_update, n, o), new, old)
+    tracking = not (isinstance(state.last_update, tuple) and not state.last_update)
     new_state = state.replace(
         round=state.round + 1,
         trainable=keep(optax.apply_updates(state.trainable, updates), state.trainable),
         opt_state=keep(opt_state, state.opt_state),
         algorithm=keep(alg_state, state.algorithm),
-        aggregator=keep(agg_state, state.aggregator))
+        aggregator=keep(agg_state, state.aggregator),
+        last_update=keep(updates, state.last_update) if tracking else ())
+    # Oscillation of the server's trajectory: cosine between this round's
+    # applied update and last round's (negative = the projector swings back).
+    oscillation = ({"update_cosine": _cosine(updates, state.last_update)}
+                   if tracking else {})
     num_counted = jnp.maximum(sums["counted"], 1)
     part_means = {k: v / num_counted for k, v in sums.items() if "/" in k}
     metrics = {
@@ -283,6 +312,7 @@ def build_round_fn(
         "mean_client_delta_norm": sums["delta_norm"] / num_counted,
         "rows_used_fraction": sums["rows_covered"] / jnp.maximum(sums["rows"], 1),
         "client_lr": lr,
+        **oscillation,
         **part_means,
         **_prefixed(aggregator.name, agg_metrics),
         **_prefixed(algorithm.name, alg_metrics),
@@ -303,7 +333,8 @@ def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed:
   return ServerState(round=jnp.zeros((), jnp.int32), trainable=trainable,
                      opt_state=server_tx.init(trainable), rng=root,
                      algorithm=algorithm.server.init(trainable),
-                     aggregator=aggregator.init(trainable))
+                     aggregator=aggregator.init(trainable),
+                     last_update=optax.tree.zeros_like(trainable))
 
 
 def init_population(task: Task, num_clients: int, *, algorithm: Algorithm | None = None,

@@ -1,0 +1,220 @@
+"""Fed-CMP against the baselines on the four scenarios of `configs/scenarios.py`.
+
+For every scenario: the floor (untrained projector), two centralized
+references (the federated run's example budget; and its number of
+sequential steps, rounds x local steps), and every method of ``--methods``
+(see ``experiments/compare_methods.py``) at the same budget (rounds x local
+steps x examples). Each method is tuned on the same relative grid of its own
+learning rate (x1/3, x1, x3 of its default) on seed 0; the best is then run
+on the other seeds. Writes ``compare.md`` / ``compare.json`` (mean ± std over
+seeds of alignment accuracy, per-attribute accuracy, caption loss, worst-10%
+client accuracy, the oscillation of the server's trajectory, the grid and the
+chosen value) and one plot per scenario (accuracy vs round, ±std shaded),
+plus the oscillation curve (cosine between consecutive server updates).
+
+  python experiments/compare_algorithms.py --quick           # ~20 min here
+  python experiments/compare_algorithms.py                   # hours; resumable
+  python experiments/compare_algorithms.py --scenarios one_pass --methods fedavg,fedcmp
+
+Every finished run is kept under ``--workdir`` (``result.json``): a killed
+experiment resumes where it stopped (and the driver resumes a killed run
+from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_methods import ABLATIONS, GRID, METHODS  # noqa: E402
+import compare_report  # noqa: E402
+
+from fedjax_mm import centralized, config_files, configuration, evaluation  # noqa: E402
+from fedjax_mm import metrics as metrics_lib  # noqa: E402
+from fedjax_mm.setups import fedma  # noqa: E402
+from fedjax_mm.simulation import driver, mesh  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
+QUICK = {"rounds": 40, "clients_per_round": 50}
+
+
+def set_field(config, key: str, value) -> None:
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+
+
+def scenario_config(name: str, args):
+  config = config_files.load(ROOT / "configs/scenarios.py", name)
+  if args.quick:
+    config.num_rounds = QUICK["rounds"]
+    if config.clients_per_round > QUICK["clients_per_round"]:
+      config.clients_per_round = QUICK["clients_per_round"]
+    if config.sampling == "one_pass":   # one pass over a population sized to the budget
+      config.data.num_clients = config.num_rounds * config.clients_per_round
+  if args.rounds:
+    config.num_rounds = args.rounds
+  for item in args.override:
+    key, value = item.split("=", 1)
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:   # a bare string: aggregation.kind=ties
+      pass
+    set_field(config, key, value)
+  return config
+
+
+def method_config(base, method, lr: float):
+  config = base.copy_and_resolve_references()
+  for key, value in method.overrides.items():
+    set_field(config, key, value)
+  set_field(config, method.tuned, lr)
+  configuration.validate(config)
+  return config
+
+
+def run_one(config, rundir: Path, setup) -> dict:
+  """One federated run (kept: a second call reads the stored result)."""
+  done = rundir / "result.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  tick = time.perf_counter()
+  try:
+    summary = driver.train_and_evaluate(config, str(rundir), setup=setup, progress=False)
+  except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
+    result = {"diverged": str(e), "final": {}, "curve": [], "cosine": []}
+  else:
+    history = metrics_lib.read(rundir)
+    result = {
+        "final": {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")},
+        "curve": [(h["round"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h],
+        "cosine": [h.get("update_cosine", float("nan")) for h in history],
+    }
+  result["seconds"] = time.perf_counter() - tick
+  rundir.mkdir(parents=True, exist_ok=True)
+  done.write_text(json.dumps(result))
+  for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
+    shutil.rmtree(ckpt, ignore_errors=True)
+  return result
+
+
+def accuracy(result: dict) -> float:
+  return result["final"].get("accuracy", -math.inf) if "diverged" not in result else -math.inf
+
+
+def references(config, setup, batch: int) -> dict:
+  """Floor and the two centralized references, on the scenario's data."""
+  eval_fn = jax.jit(evaluation.build_eval_fn(setup.task, setup.test, config.eval_batch_size))
+  evaluate = lambda p: evaluation.summarize(jax.device_get(eval_fn(p, setup.test)))
+  init = setup.task.init_trainable(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
+  out = {"floor": evaluate(init)}
+  budget = config.num_rounds * config.clients_per_round * config.local.num_steps * \
+      config.local.batch_size
+  for name, steps in (("centralized, same examples", budget // batch),
+                      ("centralized, same sequential steps",
+                       config.num_rounds * config.local.num_steps)):
+    trained = centralized.train(setup.task, setup.train, num_steps=steps, batch_size=batch,
+                                optimizer=optax.adam(config.client.learning_rate),
+                                seed=config.seed, trainable=init)
+    out[name] = {**evaluate(trained), "steps": steps}
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="runs/compare")
+  parser.add_argument("--out", default=str(ROOT / "experiments/results"))
+  parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--ablations", default=",".join(ABLATIONS),
+                      help="Fed-CMP ablations ('' for none), run on --ablation-scenarios")
+  parser.add_argument("--ablation-scenarios", default="concept_0.1,one_pass")
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--no-tune", action="store_true", help="each method's default lr only")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"one seed, no tuning, {QUICK['rounds']} rounds, at most "
+                           f"{QUICK['clients_per_round']} clients per round")
+  parser.add_argument("--rounds", type=int, default=None)
+  parser.add_argument("--central-batch", type=int, default=64)
+  parser.add_argument("--override", action="append", default=[],
+                      help="config overrides key=value for every run, repeatable")
+  args = parser.parse_args()
+  mesh.use_cpu_cores()                  # before any JAX computation
+  workdir = Path(args.workdir) / ("quick" if args.quick else "full")
+  # Seeds and grid points of one method compile to the same program.
+  jax.config.update("jax_compilation_cache_dir", str(Path(args.workdir) / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  seeds = 1 if args.quick else args.seeds
+  tune = not (args.quick or args.no_tune)
+  started = time.perf_counter()
+  methods = {k: METHODS[k] for k in args.methods.split(",") if k}
+  ablations = {k: ABLATIONS[k] for k in args.ablations.split(",") if k}
+  report = {"settings": {"quick": args.quick, "seeds": seeds, "tuned": tune,
+                         "grid": GRID, "devices": jax.device_count()},
+            "scenarios": {}}
+  pretrained = None
+  for name in args.scenarios.split(","):
+    base = scenario_config(name, args)
+    configuration.validate(base)
+    pretrained = pretrained or fedma.build_towers(base)
+    tick = time.perf_counter()
+    setup = fedma.build(base, pretrained=pretrained)
+    entry = {"rounds": base.num_rounds, "clients": base.data.num_clients,
+             "per_round": base.clients_per_round, "local_steps": base.local.num_steps,
+             "batch": base.local.batch_size, "data_seconds": time.perf_counter() - tick,
+             "references": references(base, setup, args.central_batch), "methods": {}}
+    print(f"== {name}: {entry['clients']} clients, {entry['per_round']}/round, "
+          f"{entry['rounds']} rounds")
+    chosen_cmp = None
+    todo = list(methods.items()) + ([(k, m) for k, m in ablations.items()]
+                                    if name in args.ablation_scenarios.split(",") else [])
+    for key, method in todo:
+      is_ablation = key in ABLATIONS
+      center = method.default_lr(base)
+      grid = [center * g for g in GRID] if tune and not is_ablation else [center]
+      if is_ablation and chosen_cmp is not None:
+        grid = [chosen_cmp]
+      trials = {lr: run_one(method_config(base, method, lr), workdir / name / key /
+                            f"lr{lr:.4g}" / "seed0", setup) for lr in grid}
+      best = max(trials, key=lambda lr: accuracy(trials[lr]))
+      if key == "fedcmp":
+        chosen_cmp = best
+      runs = [trials[best]]
+      for seed in range(1, seeds):
+        config = method_config(base, method, best)
+        config.seed = seed
+        runs.append(run_one(config, workdir / name / key / f"lr{best:.4g}" / f"seed{seed}",
+                            setup))
+      entry["methods"][key] = {"label": method.label, "tuned": method.tuned,
+                               "grid": {f"{lr:.4g}": accuracy(r) for lr, r in trials.items()},
+                               "chosen": best, "ablation": is_ablation, "runs": runs}
+      accs = [accuracy(r) for r in runs]
+      print(f"  {method.label:45s} lr {best:.4g}: acc {np.mean(accs):.4f} "
+            f"(+- {np.std(accs):.4f}), {sum(r['seconds'] for r in runs):.0f}s")
+    report["scenarios"][name] = entry
+  report["settings"]["wall_seconds"] = time.perf_counter() - started
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  stem = "compare_quick" if args.quick else "compare"
+  (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+  (out / f"{stem}.md").write_text(compare_report.markdown(report))
+  compare_report.plots(report, out, stem)
+  print(compare_report.markdown(report))
+  print(f"wall time: {report['settings']['wall_seconds'] / 60:.1f} min; results in {out}")
+
+
+if __name__ == "__main__":
+  main()

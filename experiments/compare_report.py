@@ -1,0 +1,109 @@
+"""Tables and plots of `experiments/compare_algorithms.py`'s report (a dict, see there)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ATTRS = ("shape", "color", "size", "position", "count")
+TAIL = 0.3   # the oscillation is averaged over the last 30% of rounds
+
+
+def _stats(values) -> str:
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  if not values:
+    return "diverged"
+  return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else \
+      f"{values[0]:.3f}"
+
+
+def oscillation(run: dict) -> float:
+  """Mean cosine between consecutive server updates over the last rounds."""
+  cos = [c for c in run.get("cosine", []) if c is not None and math.isfinite(c)]
+  tail = cos[-max(int(len(cos) * TAIL), 1):]
+  return float(np.mean(tail)) if tail else float("nan")
+
+
+def _row(label: str, runs: list[dict], extra: str = "") -> str:
+  ok = [r for r in runs if "diverged" not in r]
+  get = lambda key: [r["final"].get(key) for r in ok]
+  cells = [label, extra, _stats(get("accuracy"))]
+  cells += [_stats(get(f"acc_{a}")) for a in ATTRS]
+  cells += [_stats(get("loss")), _stats(get("client_accuracy_worst10")),
+            _stats([oscillation(r) for r in ok]) if ok else "",
+            f"{sum(r.get('seconds', 0) for r in runs) / max(len(runs), 1):.0f}"]
+  return "| " + " | ".join(cells) + " |"
+
+
+def markdown(report: dict) -> str:
+  s = report["settings"]
+  lines = [
+      "# Fed-CMP vs baselines on four Fed-MA scenarios",
+      "",
+      f"Written by `experiments/compare_algorithms.py`{' --quick' if s['quick'] else ''}: "
+      f"{s['seeds']} seed(s), mean ± std; "
+      + (f"each method tuned on seed 0 over its default learning rate x {s['grid']} "
+         "(by final alignment accuracy on the evaluation clients), then run on the other "
+         "seeds" if s["tuned"] else "each method at its default learning rate")
+      + f"; {s['devices']} device(s); wall time {s.get('wall_seconds', 0) / 60:.1f} min.",
+      "Columns: alignment accuracy (zero-shot, true caption ranked above every "
+      "one-attribute-changed caption), per attribute, caption loss, worst-10% clients' "
+      "accuracy, oscillation = mean cosine between consecutive server updates over the last "
+      "30% of rounds, seconds per run.",
+  ]
+  header = ("| method | lr (tuned field: grid -> chosen) | align acc | "
+            + " | ".join(ATTRS) + " | caption loss | worst 10% | update cos | s/run |")
+  for name, entry in report["scenarios"].items():
+    lines += ["", f"## {name}: {entry['clients']:,} clients, {entry['per_round']} per round, "
+              f"{entry['rounds']} rounds x {entry['local_steps']} local steps x batch "
+              f"{entry['batch']}", "", header, "|" + "---|" * (header.count("|") - 1)]
+    for ref, result in entry["references"].items():
+      label = ref + (f" ({result['steps']} steps)" if "steps" in result else "")
+      lines.append(_row(label, [{"final": result, "cosine": []}]))
+    for key, m in entry["methods"].items():
+      grid = ", ".join(f"{lr}: {acc:.3f}" if math.isfinite(acc) else f"{lr}: diverged"
+                       for lr, acc in m["grid"].items())
+      label = ("ablation: " if m["ablation"] else "") + m["label"]
+      lines.append(_row(label, m["runs"], f"{m['tuned']} {{{grid}}} -> {m['chosen']:.4g}"))
+  return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out: Path, stem: str) -> None:
+  for name, entry in report["scenarios"].items():
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, m in entry["methods"].items():
+      curves = [r["curve"] for r in m["runs"] if r.get("curve")]
+      if not curves:
+        continue
+      rounds = [p[0] for p in curves[0]]
+      accs = np.array([[p[1] for p in c] for c in curves if len(c) == len(rounds)])
+      mean, std = accs.mean(0), accs.std(0)
+      style = "--" if m["ablation"] else "-"
+      line, = ax.plot(rounds, mean, style, label=m["label"])
+      ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+      cos = np.array([r["cosine"] for r in m["runs"] if r.get("cosine")])
+      if cos.size and key in ("fedavg", "fedavgm", "fedcmp", "opm_only", "cra_only"):
+        bx.plot(np.arange(1, cos.shape[1] + 1), np.nanmean(cos, 0), style, label=m["label"],
+                color=line.get_color())
+    refs = entry["references"]
+    ax.axhline(refs["floor"]["accuracy"], color="gray", ls=":", label="floor")
+    for ref, ls in (("centralized, same examples", "--"),
+                    ("centralized, same sequential steps", "-.")):
+      ax.axhline(refs[ref]["accuracy"], color="black", ls=ls, label=ref)
+    ax.set(xlabel="round", ylabel="alignment accuracy", title=f"{name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    bx.set(xlabel="round", ylabel="cos(update_t, update_t-1)",
+           title="oscillation of the server's trajectory")
+    bx.axhline(0, color="gray", lw=0.5)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}_{name}.png", dpi=110)
+    plt.close(fig)

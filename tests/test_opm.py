@@ -1,0 +1,275 @@
+"""Fed-CMP's orthogonality-preserved momentum and the streamed CRA path.
+
+References are NumPy transcriptions of the module docs' equations (written
+from the formulas, float64), not calls into the code under test.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_mm.aggregation import canonical, canonical_streaming, canonical_aggregator
+from fedjax_mm.server.orthogonal_momentum import orthogonal_momentum
+
+M, N, R = 6, 4, 2
+PARAMS = {"b": jnp.zeros((N,)), "w": jnp.zeros((M, N))}
+
+
+def _orthonormal(rng, m=M, r=R):
+  return np.linalg.qr(rng.normal(size=(m, r)))[0]
+
+
+def _agg_state(u):
+  return canonical.CanonicalState(bases=(jnp.asarray(u, jnp.float32),),
+                                  has_basis=jnp.ones((), bool))
+
+
+def _run(tx, deltas, bases):
+  state = tx.init(PARAMS)
+  step = jax.jit(lambda d, s, u: tx.update(d, s, PARAMS, aggregator_state=_agg_state(u)))
+  outs = []
+  for d, u in zip(deltas, bases):
+    out, state = step(d, state, u)
+    outs.append(out)
+  return outs, state
+
+
+def _problem(seed, rounds, r=R):
+  rng = np.random.default_rng(seed)
+  deltas = [{"b": rng.normal(size=N).astype(np.float32),
+             "w": rng.normal(size=(M, N)).astype(np.float32)} for _ in range(rounds)]
+  return deltas, [_orthonormal(rng, M, r) for _ in range(rounds)]
+
+
+def _qf(x):
+  q, r = np.linalg.qr(x)
+  return q * np.where(np.diag(r) < 0, -1.0, 1.0)
+
+
+def _polar(a):
+  p, _, qt = np.linalg.svd(a, full_matrices=False)
+  return p @ qt
+
+
+def reference_stiefel(deltas, bases, beta, beta_b, gamma, residual=True):
+  """Module doc steps 1-5 in float64 (QR retraction, Procrustes on)."""
+  u_s = b = m = mb = None
+  outs = []
+  for d, u in zip(deltas, bases):
+    w = d["w"].astype(np.float64)
+    if u_s is None:
+      u_s, b, m, mb = u, np.zeros_like(u), np.zeros((u.shape[1], N)), np.zeros(N)
+    u = u @ _polar(u.T @ u_s)                              # Procrustes
+    tangent = lambda x: x - u_s @ (0.5 * (u_s.T @ x + x.T @ u_s))
+    b = beta_b * tangent(b) + tangent(u - u_s)
+    u_new = _qf(u_s + gamma * b)
+    m = beta * (u_new.T @ u_s @ m) + u_new.T @ w
+    out = u_new @ m + ((w - u_new @ u_new.T @ w) if residual else 0.0)
+    mb = beta * mb + d["b"]
+    outs.append({"b": mb, "w": out})
+    u_s = u_new
+  return outs
+
+
+def test_stiefel_matches_the_numpy_reference():
+  deltas, bases = _problem(0, 6)
+  got, _ = _run(orthogonal_momentum(0.8, rank=R, basis_momentum=0.5, basis_step=0.7,
+                                   retraction="qr"),
+                deltas, bases)
+  want = reference_stiefel(deltas, bases, 0.8, 0.5, 0.7)
+  for g, w in zip(got, want):
+    for k in w:
+      np.testing.assert_allclose(np.asarray(g[k]), w[k], rtol=1e-4, atol=1e-5)
+
+
+def test_span_variant_matches_the_numpy_reference():
+  deltas, bases = _problem(1, 5)
+  got, _ = _run(orthogonal_momentum(0.9, rank=R, variant="span"), deltas, bases)
+  m = np.zeros((M, N))
+  for g, d, u in zip(got, deltas, bases):
+    m = 0.9 * u @ u.T @ m + d["w"]
+    np.testing.assert_allclose(np.asarray(g["w"]), m, rtol=1e-4, atol=1e-5)
+
+
+def test_full_rank_is_fedavgm_and_zero_momentum_is_the_identity():
+  deltas, bases = _problem(2, 6, r=M)
+  got, _ = _run(orthogonal_momentum(0.9, rank=None), deltas, bases)
+  heavy = optax.trace(0.9)
+  state = heavy.init(PARAMS)
+  for g, d in zip(got, deltas):
+    want, state = heavy.update(d, state)
+    for k in d:
+      np.testing.assert_allclose(np.asarray(g[k]), np.asarray(want[k]), rtol=1e-4, atol=1e-5)
+  deltas, bases = _problem(3, 4)
+  got, _ = _run(orthogonal_momentum(0.0, rank=R), deltas, bases)
+  for g, d in zip(got, deltas):
+    for k in d:
+      np.testing.assert_allclose(np.asarray(g[k]), d[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("retraction", ["qr", "polar"])
+def test_basis_stays_orthonormal_over_200_rounds(retraction):
+  deltas, bases = _problem(4, 200, r=3)
+  tx = orthogonal_momentum(0.9, rank=3, basis_momentum=0.9, basis_step=1.5,
+                           retraction=retraction)
+  state = tx.init(PARAMS)
+
+  def body(state, x):
+    d, u = x
+    _, state = tx.update(d, state, PARAMS, aggregator_state=_agg_state(u))
+    u_s = state.basis[0]
+    return state, jnp.max(jnp.abs(u_s.T @ u_s - jnp.eye(3)))
+
+  stacked = (jax.tree.map(lambda *x: jnp.stack(x), *deltas), jnp.asarray(np.stack(bases)))
+  _, errors = jax.jit(lambda s, x: jax.lax.scan(body, s, x))(state, stacked)
+  assert float(jnp.max(errors)) < 1e-5
+
+
+@pytest.mark.parametrize("retraction,rotate", [("polar", True), ("qr", False)])
+def test_procrustes_makes_it_blind_to_basis_sign_and_rotation_flips(retraction, rotate):
+  # Polar retraction is right-equivariant (polar(XQ) = polar(X) Q), so the
+  # whole step is blind to any rotation of the basis; QR only to sign flips.
+  deltas, bases = _problem(5, 6)
+  rng = np.random.default_rng(9)
+  flips = [np.diag(rng.choice([-1.0, 1.0], R)) for _ in bases]
+  if rotate:
+    flips = [f @ _orthonormal(rng, R, R) for f in flips]
+  flipped = [u @ f for u, f in zip(bases, flips)]
+  tx = orthogonal_momentum(0.9, rank=R, retraction=retraction)
+  base, _ = _run(tx, deltas, bases)
+  flip, _ = _run(tx, deltas, flipped)
+  for a, b in zip(base, flip):
+    np.testing.assert_allclose(np.asarray(b["w"]), np.asarray(a["w"]), rtol=1e-4, atol=1e-5)
+  # Without the alignment the flips reach the momentum: the guard is real.
+  raw = orthogonal_momentum(0.9, rank=R, retraction=retraction, procrustes=False)
+  a, _ = _run(raw, deltas, bases)
+  b, _ = _run(raw, deltas, flipped)
+  assert max(float(jnp.max(jnp.abs(x["w"] - y["w"]))) for x, y in zip(a, b)) > 1e-2
+
+
+def test_needs_the_canonical_state_of_the_same_rank_and_valid_options():
+  tx = orthogonal_momentum(0.9, rank=R)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match="canonical aggregator's state"):
+    tx.update(PARAMS, state, PARAMS, aggregator_state=())
+  with pytest.raises(ValueError, match="use the same rank"):
+    tx.update(PARAMS, state, PARAMS, aggregator_state=_agg_state(np.eye(M)[:, :3]))
+  for kwargs, match in [({"variant": "euclid"}, "variant: must be one of"),
+                        ({"retraction": "cayley"}, "retraction: must be one of"),
+                        ({"momentum": 1.0}, "momentum: must be"),
+                        ({"basis_step": 0.0}, "basis_step: must be")]:
+    with pytest.raises(ValueError, match=match):
+      orthogonal_momentum(**kwargs)
+
+
+# ------------------------------------------------------------ the streamed path
+
+def _cohort(seed, c=9):
+  """Clients sharing a rank-2 row space (plus 10% noise) in both matrices; one pure noise."""
+  rng = np.random.default_rng(seed)
+
+  def shared_updates(m):
+    basis = _orthonormal(rng, m, 2)
+    x = np.stack([basis @ rng.normal(size=(2, N)) for _ in range(c)])
+    x += 0.1 * np.std(x) * rng.normal(size=x.shape)
+    noise = rng.normal(size=(m, N))                     # client 3: pure noise, as large
+    x[3] = noise * np.linalg.norm(x[4]) / np.linalg.norm(noise)   # as a typical update
+    return x
+
+  deltas = {"b": rng.normal(size=(c, N)), "w": shared_updates(M),
+            "t": shared_updates(6).reshape(c, 2, 3, N)}
+  deltas = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), deltas)
+  weights = jnp.asarray(rng.uniform(1, 3, c), jnp.float32)
+  mask = jnp.asarray(np.arange(c) != 7)
+  return deltas, weights, mask
+
+
+@pytest.mark.parametrize("reliability,fusion", [("explained", "coefficients"),
+                                                ("uniform", "coefficients"),
+                                                ("explained", "mean")])
+def test_streamed_equals_stacked_over_rounds(reliability, fusion):
+  options = dict(rank=2, reliability=reliability, temperature=0.2, fusion=fusion)
+  stacked = canonical_aggregator(score_with="previous", **options)
+  streamed = canonical_streaming(**options)
+  template = jax.tree.map(lambda x: x[0], _cohort(0)[0])
+  s1, s2 = stacked.init(template), streamed.init(template)
+  for seed in range(3):            # round 0 scores uniformly, later ones with the old basis
+    deltas, weights, mask = _cohort(seed)
+    a, s1, m1 = stacked.aggregate(s1, deltas, weights, mask, None)
+    acc = streamed.start(s2, template)
+    for lo in range(0, 9, 4):      # chunks of 4, 4, 1; masked rows arrive with weight 0
+      sl = slice(lo, lo + 4)
+      acc = streamed.accumulate(acc, jax.tree.map(lambda x: x[sl] * 1.0, deltas),
+                                jnp.where(mask[sl], weights[sl], 0.0))
+    b, s2, m2 = streamed.finalize(s2, acc, None)
+    for k in a:
+      np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(m2["explained"]), float(m1["explained"]), rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.asarray(s2.bases[0].T @ s1.bases[0])),
+                               np.eye(2), atol=1e-4)
+  with pytest.raises(ValueError, match=r"reliability \(streamed\): must be one of"):
+    canonical_streaming(reliability="agreement")
+
+
+def test_reliability_down_weights_a_pure_noise_client():
+  deltas, weights, mask = _cohort(1)
+  weights = jnp.ones_like(weights)
+  _, info = canonical.canonical_fusion(deltas, weights, mask, rank=2, temperature=0.1)
+  alpha = np.asarray(info["alpha"])
+  others = alpha[np.asarray(mask) & (np.arange(9) != 3)]
+  assert alpha[3] < 0.2 * others.min()
+  _, uniform = canonical.canonical_fusion(deltas, weights, mask, rank=2, reliability="uniform")
+  np.testing.assert_allclose(np.asarray(uniform["alpha"])[3], 1 / 8, rtol=1e-5)
+
+
+# ------------------------------------------------------------ inside a round
+
+def _round_run(aggregator, tx, rounds=3, chunk=0):
+  from fedjax_mm import client as client_lib
+  from fedjax_mm.data import federated, synthetic
+  from fedjax_mm.models import logreg
+  from fedjax_mm.simulation import round as round_lib
+  task, k = logreg.task(12, 3), 16
+  data = synthetic.generate(0, k, num_features=12, num_classes=3, size_mean=2.0,
+                            size_sigma=1.0, min_size=3, max_size=30)
+  train = federated.split_by_position(data, 0.9)[0]
+  spec = round_lib.RoundSpec(num_clients=k, cohort_size=6, chunk_size=chunk,
+                             schedule=federated.LocalSchedule("steps", 3, 4, 1))
+  fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
+                                        0.3, aggregator=aggregator),
+               compiler_options={"xla_backend_optimization_level": 0})
+  state = round_lib.init_server_state(task, tx, 1, aggregator=aggregator)
+  pop = round_lib.init_population(task, k)
+  for _ in range(rounds):
+    state, pop, metrics = fn(state, pop, train, train.sizes.astype(jnp.float32))
+  return state, metrics
+
+
+def test_fed_cmp_with_neutral_options_is_fedavg_in_a_round():
+  from fedjax_mm import aggregation
+  from fedjax_mm.server import fedopt
+  neutral = aggregation.make_aggregator("canonical", cohort_size=6, reliability="uniform")
+  cmp_state, _ = _round_run(neutral, fedopt.make_server_optimizer(
+      "opm", learning_rate=1.0, momentum=0.0, opm={"rank": None}))
+  avg_state, _ = _round_run(aggregation.weighted_mean(), optax.sgd(1.0))
+  for a, b in zip(jax.tree.leaves(cmp_state.trainable), jax.tree.leaves(avg_state.trainable)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_round_equals_stacked_round_with_opm():
+  from fedjax_mm import aggregation
+  from fedjax_mm.server import fedopt
+  options = dict(cohort_size=6, rank=2, score_with="previous", temperature=0.3)
+  tx = lambda: fedopt.make_server_optimizer("opm", learning_rate=0.5, momentum=0.9,
+                                            opm={"rank": 2})
+  stacked, m1 = _round_run(aggregation.make_aggregator("canonical", **options), tx())
+  streamed, m2 = _round_run(aggregation.make_aggregator("canonical", streamed=True, **options),
+                            tx(), chunk=2)
+  for a, b in zip(jax.tree.leaves(stacked.trainable), jax.tree.leaves(streamed.trainable)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(m2["canonical/explained"]),
+                             float(m1["canonical/explained"]), rtol=1e-4)
+  with pytest.raises(ValueError, match="score_with: the streamed canonical path"):
+    aggregation.make_aggregator("canonical", cohort_size=6, streamed=True)
