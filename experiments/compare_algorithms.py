@@ -2,7 +2,8 @@
 
 For every scenario: the floor (untrained projector), two centralized
 references (the federated run's example budget; and its number of
-sequential steps, rounds x local steps), and every method of ``--methods``
+sequential steps, rounds x the mean client's local steps, in batches of
+``--central-batch``), and every method of ``--methods``
 (see ``experiments/compare_methods.py``) at the same budget (rounds x local
 steps x examples). Each method is tuned on the same relative grid of its own
 learning rate (x1/3, x1, x3 of its default) on seed 0; the best is then run
@@ -12,7 +13,7 @@ client accuracy, the oscillation of the server's trajectory, the grid and the
 chosen value) and one plot per scenario (accuracy vs round, ±std shaded),
 plus the oscillation curve (cosine between consecutive server updates).
 
-  python experiments/compare_algorithms.py --quick           # ~20 min here
+  python experiments/compare_algorithms.py --quick           # ~25 min on 2 cores
   python experiments/compare_algorithms.py                   # hours; resumable
   python experiments/compare_algorithms.py --scenarios one_pass --methods fedavg,fedcmp
 
@@ -46,7 +47,12 @@ from fedjax_mm.simulation import driver, mesh  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
-QUICK = {"rounds": 40, "clients_per_round": 50}
+# --quick: one seed, no tuning, 30 rounds of 800 example-gradients (a fifth of
+# the presets' 4,000: 20 clients, or the 8 silos with batches of 10 x 10
+# steps and 1,000 rows each), evaluation on 100 clients (one_pass: all 600,
+# ~1,000 test rows), the main methods, ablations on one_pass.
+QUICK = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000,
+         "methods": "fedavg,fedavgm,fedadam,ties,knots,fedcmp", "ablation_scenarios": "one_pass"}
 
 
 def set_field(config, key: str, value) -> None:
@@ -63,8 +69,16 @@ def scenario_config(name: str, args):
     config.num_rounds = QUICK["rounds"]
     if config.clients_per_round > QUICK["clients_per_round"]:
       config.clients_per_round = QUICK["clients_per_round"]
-    if config.sampling == "one_pass":   # one pass over a population sized to the budget
+    else:   # the silos: all clients every round, smaller local work and test sets
+      config.local.num_steps, config.local.batch_size = 10, 10
+      config.data.examples_per_client = QUICK["silo_examples"]
+    if config.sampling == "one_pass":
+      # One pass over a population sized to the budget; its clients hold ~2
+      # test rows each, so all of them are evaluated.
       config.data.num_clients = config.num_rounds * config.clients_per_round
+      config.data.eval_clients = 0
+    elif config.data.eval_clients > QUICK["eval_clients"]:
+      config.data.eval_clients = QUICK["eval_clients"]
   if args.rounds:
     config.num_rounds = args.rounds
   for item in args.override:
@@ -115,6 +129,16 @@ def accuracy(result: dict) -> float:
   return result["final"].get("accuracy", -math.inf) if "diverged" not in result else -math.inf
 
 
+def sequential_steps(config, train) -> int:
+  """Local steps of the mean client (epochs mode: its epochs' batches, capped)."""
+  if config.local.mode != "epochs":
+    return config.local.num_steps
+  sizes = np.asarray(train.sizes)
+  steps = np.minimum(config.local.num_steps,
+                     config.local.num_epochs * -(-sizes // config.local.batch_size))
+  return max(int(round(float(steps.mean()))), 1)
+
+
 def references(config, setup, batch: int) -> dict:
   """Floor and the two centralized references, on the scenario's data."""
   eval_fn = jax.jit(evaluation.build_eval_fn(setup.task, setup.test, config.eval_batch_size))
@@ -125,7 +149,7 @@ def references(config, setup, batch: int) -> dict:
       config.local.batch_size
   for name, steps in (("centralized, same examples", budget // batch),
                       ("centralized, same sequential steps",
-                       config.num_rounds * config.local.num_steps)):
+                       config.num_rounds * sequential_steps(config, setup.train))):
     trained = centralized.train(setup.task, setup.train, num_steps=steps, batch_size=batch,
                                 optimizer=optax.adam(config.client.learning_rate),
                                 seed=config.seed, trainable=init)
@@ -138,20 +162,27 @@ def main() -> None:
   parser.add_argument("--workdir", default="runs/compare")
   parser.add_argument("--out", default=str(ROOT / "experiments/results"))
   parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--methods", default=None,
+                      help=f"default: all of {tuple(METHODS)} ({QUICK['methods']} with --quick)")
   parser.add_argument("--ablations", default=",".join(ABLATIONS),
                       help="Fed-CMP ablations ('' for none), run on --ablation-scenarios")
-  parser.add_argument("--ablation-scenarios", default="concept_0.1,one_pass")
+  parser.add_argument("--ablation-scenarios", default=None,
+                      help=f"default: concept_0.1,one_pass ({QUICK['ablation_scenarios']} "
+                           "with --quick)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--no-tune", action="store_true", help="each method's default lr only")
   parser.add_argument("--quick", action="store_true",
-                      help=f"one seed, no tuning, {QUICK['rounds']} rounds, at most "
-                           f"{QUICK['clients_per_round']} clients per round")
+                      help="one seed, no tuning, a fifth of the work per round, "
+                           f"{QUICK['rounds']} rounds (see QUICK)")
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--central-batch", type=int, default=64)
   parser.add_argument("--override", action="append", default=[],
                       help="config overrides key=value for every run, repeatable")
   args = parser.parse_args()
+  if args.methods is None:
+    args.methods = QUICK["methods"] if args.quick else ",".join(METHODS)
+  if args.ablation_scenarios is None:
+    args.ablation_scenarios = QUICK["ablation_scenarios"] if args.quick else "concept_0.1,one_pass"
   mesh.use_cpu_cores()                  # before any JAX computation
   workdir = Path(args.workdir) / ("quick" if args.quick else "full")
   # Seeds and grid points of one method compile to the same program.

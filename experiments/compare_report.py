@@ -36,7 +36,7 @@ def _row(label: str, runs: list[dict], extra: str = "") -> str:
   cells = [label, extra, _stats(get("accuracy"))]
   cells += [_stats(get(f"acc_{a}")) for a in ATTRS]
   cells += [_stats(get("loss")), _stats(get("client_accuracy_worst10")),
-            _stats([oscillation(r) for r in ok]) if ok else "",
+            _stats([oscillation(r) for r in ok]) if any(r.get("cosine") for r in ok) else "",
             f"{sum(r.get('seconds', 0) for r in runs) / max(len(runs), 1):.0f}"]
   return "| " + " | ".join(cells) + " |"
 
@@ -81,8 +81,9 @@ def plots(report: dict, out: Path, stem: str) -> None:
       curves = [r["curve"] for r in m["runs"] if r.get("curve")]
       if not curves:
         continue
-      rounds = [p[0] for p in curves[0]]
-      accs = np.array([[p[1] for p in c] for c in curves if len(c) == len(rounds)])
+      floor = entry["references"]["floor"]["accuracy"]   # round 0: the untrained projector
+      rounds = [0] + [p[0] for p in curves[0]]
+      accs = np.array([[floor] + [p[1] for p in c] for c in curves if len(c) == len(rounds) - 1])
       mean, std = accs.mean(0), accs.std(0)
       style = "--" if m["ablation"] else "-"
       line, = ax.plot(rounds, mean, style, label=m["label"])

@@ -29,7 +29,8 @@ def run(mesh, parts, rounds=3):
   task = logreg.task(60, 10)
   spec = round_lib.RoundSpec(num_clients=K, cohort_size=20, chunk_size=8,
                              schedule=federated.LocalSchedule("steps", 5, 4))
-  tx = fedopt.make_server_optimizer("fedadam", learning_rate=0.05)
+  tx = parts.get("tx") or fedopt.make_server_optimizer("fedadam", learning_rate=0.05)
+  parts = {k: v for k, v in parts.items() if k != "tx"}
   fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
                                         0.1, mesh=mesh, **parts))
   state = mesh_lib.put_replicated(round_lib.init_server_state(
@@ -52,6 +53,11 @@ PARTS = {
                          "aggregator": aggregation.make_aggregator(
                              "trimmed_mean", cohort_size=20, trim_fraction=0.1),
                          "preprocessors": (aggregation.l2_clip(0.5),)},
+    # Fed-CMP: the stacked cohort's Gram and eigh, and OPM's SVDs, on a mesh.
+    "fedcmp": {"aggregator": aggregation.make_aggregator(
+                   "canonical", cohort_size=20, rank=3, reliability="agreement"),
+               "tx": fedopt.make_server_optimizer("opm", learning_rate=0.5, momentum=0.9,
+                                                  opm={"rank": 3})},
 }
 
 

@@ -41,7 +41,9 @@ AGGREGATORS = {kind: aggregation.make_aggregator(kind, cohort_size=COHORT, num_b
 # Every algorithm with the mean, every aggregator with SCAFFOLD (the part
 # with the most state), and clipping in front of one whole-cohort reduction.
 CASES = ([(a, "mean", False) for a in ALGORITHMS]
-         + [("scaffold", g, False) for g in AGGREGATORS if g != "mean"]
+         # (TIES is KnOTS's merge without the basis: its masking is tested
+         # in test_merging, its round contract through KnOTS.)
+         + [("scaffold", g, False) for g in AGGREGATORS if g not in ("mean", "ties")]
          + [("fedavg", "trimmed_mean", True)])
 IDS = [f"{a}-{g}{'-clip' if c else ''}" for a, g, c in CASES]
 
@@ -108,8 +110,12 @@ def test_traced_once_deterministic_and_padding_free(train, case, tmp_path):
   # The geometric median stops at a relative objective change of 1e-7, which
   # leaves its point ~1e-3 from the exact one: a different stack size (9
   # padded rows vs 7) changes the last iterations, not which rows count.
-  tol = dict(rtol=2e-3, atol=1e-4) if case[1] == "geometric_median" else dict(rtol=2e-5,
-                                                                              atol=1e-6)
+  # KnOTS trims coordinates in the eigenbasis of the cohort's Gram matrix:
+  # rounding-level changes of the deltas (other chunk shapes) turn nearly
+  # degenerate eigenvectors, and the trim is not rotation-invariant, so
+  # entries near zero move by a few 1e-6 (observed 4e-6), never which rows count.
+  tol = {"geometric_median": dict(rtol=2e-3, atol=1e-4),
+         "knots": dict(rtol=2e-5, atol=2e-5)}.get(case[1], dict(rtol=2e-5, atol=1e-6))
   chex.assert_trees_all_close(a[0].trainable, c[0].trainable, **tol)
   chex.assert_trees_all_close(a[0].algorithm, c[0].algorithm, **tol)
   chex.assert_trees_all_close(a[1], c[1], **tol)

@@ -34,10 +34,15 @@ Our choices:
 * other leaves (biases, scalars) are merged by the base method directly in
   their own pool (TIES: its own global trim); the reference code appends a
   bias as an extra column of its weight, which a pytree cannot pair.
-* support: a direction is kept when ``s > max(s) · max(m, nC) · ε₃₂``
-  (NumPy's ``matrix_rank`` tolerance; the code keeps ``s > 1e-5``, an
+* support: a direction is kept when ``s² > max(s²) · max(m, nC) · ε₃₂``
+  (the rank tolerance of the Gram matrix, C the valid clients; the code keeps ``s > 1e-5``, an
   absolute cut unsuited to small federated updates); ``rank`` keeps at most
   the top-``r`` (capped at ``min(m, nC)``).
+* computation: ``U`` and ``S²`` are the eigenpairs of ``Σ_k ΔW_k ΔW_kᵀ`` and
+  ``S V_kᵀ = Uᵀ ΔW_k`` (the same thin SVD): padding clients then add exact
+  zeros, so the result does not depend on how far the cohort was padded (a
+  direct SVD of ``[ΔW_1 | ... | 0 | 0]`` differs in the last bits, which
+  TIES' discrete trim amplifies across rounds; the contract suite caught it).
 * weights enter only the merge (as in ``ties.py``; the SVD is unweighted,
   the paper having no weights); masked clients' columns are zeroed with
   ``jnp.where`` before the SVD (so they change neither ``U`` nor ``S``) and
@@ -64,15 +69,25 @@ from fedjax_mm.types import PyTree
 MERGES = ("ties", "mean")
 
 
-def _svd_blocks(x: jax.Array, rank: int | None):
-  """``U [m, q]``, blocks ``S V_kᵀ [C, q, n]`` and support ``[q]`` of one leaf."""
-  c, m, n = x.shape
-  u, s, vt = jnp.linalg.svd(x.transpose(1, 0, 2).reshape(m, c * n), full_matrices=False)
-  q = s.shape[0]
-  tol = s[0] * max(m, c * n) * np.finfo(np.float32).eps
-  support = (s > tol) & (jnp.arange(q) < (q if rank is None else min(rank, q)))
-  blocks = (jnp.where(support, s, 0.0)[:, None] * vt).reshape(q, c, n).transpose(1, 0, 2)
-  return u, blocks, support, s
+def _svd_blocks(x: jax.Array, rank: int | None, num_valid: jax.Array):
+  """``U [m, m]``, blocks ``S V_kᵀ [C, m, n]`` and support ``[m]`` of one leaf.
+
+  ``U`` and ``S²`` are the eigenpairs of ``M Mᵀ = Σ_k ΔW_k ΔW_kᵀ`` and
+  ``S V_kᵀ = Uᵀ ΔW_k`` (from ``M = U S Vᵀ``): the thin SVD of the
+  concatenation, computed so that padding clients (zero columns) add exact
+  zeros and change nothing, whatever the padded cohort size. A direction is
+  supported when ``s² > s_max² · max(m, n C_valid) · ε₃₂`` (the rank
+  tolerance of the PSD Gram matrix).
+  """
+  _, m, n = x.shape
+  gram = jnp.einsum("cmn,cpn->mp", x, x, precision=jax.lax.Precision.HIGHEST)
+  evals, vectors = jnp.linalg.eigh(gram)
+  evals, u = jnp.maximum(evals[::-1], 0.0), vectors[:, ::-1]
+  tol = evals[0] * jnp.maximum(m, n * num_valid) * np.finfo(np.float32).eps
+  support = (evals > tol) & (jnp.arange(m) < (m if rank is None else min(rank, m)))
+  blocks = jnp.einsum("mq,cmn->cqn", u, x, precision=jax.lax.Precision.HIGHEST)
+  blocks = jnp.where(support[None, :, None], blocks, 0.0)
+  return u, blocks, support, jnp.sqrt(evals)
 
 
 def _merge_pool(pool: jax.Array, p: jax.Array, mask: jax.Array, merge: str, density: float,
@@ -125,7 +140,7 @@ def _knots(updates, weights, mask, *, merge, density, scale, rank):
   kept_energy = total_energy = jnp.zeros((), jnp.float32)
   for x in (x for x, mat in zip(leaves, is_matrix) if mat):
     x = flatten_masked([x], mask).reshape(num_clients, -1, x.shape[-1])
-    u, b, support, s = _svd_blocks(x, rank)
+    u, b, support, s = _svd_blocks(x, rank, jnp.sum(mask))
     bases.append(u)
     blocks.append(b)
     supports.append(jnp.repeat(support, b.shape[2]))

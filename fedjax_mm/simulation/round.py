@@ -51,8 +51,10 @@ class RoundSpec:
       multiple of it with weight-0 clients. Must be a multiple of the mesh
       size. ``0`` means the whole (padded) cohort in one chunk.
     schedule: the local data schedule (steps or epochs, S, B).
-    sampling: ``"uniform"`` or ``"size"`` (probability proportional to the
-      ``sample_weights`` passed to the round, e.g. client sizes).
+    sampling: ``"uniform"``, ``"size"`` (probability proportional to the
+      ``sample_weights`` passed to the round, e.g. client sizes) or
+      ``"one_pass"`` (round t takes positions [tC, (t+1)C) of a keyed
+      permutation of the clients: nobody is drawn twice in K / C rounds).
   """
 
   num_clients: int
