@@ -30,6 +30,11 @@ def oscillation(run: dict) -> float:
   return float(np.mean(tail)) if tail else float("nan")
 
 
+def _run_minutes(report: dict) -> float:
+  return sum(r.get("seconds", 0.0) for e in report["scenarios"].values()
+             for m in e["methods"].values() for r in m["runs"]) / 60
+
+
 def _row(label: str, runs: list[dict], extra: str = "") -> str:
   ok = [r for r in runs if "diverged" not in r]
   get = lambda key: [r["final"].get(key) for r in ok]
@@ -51,7 +56,9 @@ def markdown(report: dict) -> str:
       + (f"each method tuned on seed 0 over its default learning rate x {s['grid']} "
          "(by final alignment accuracy on the evaluation clients), then run on the other "
          "seeds" if s["tuned"] else "each method at its default learning rate")
-      + f"; {s['devices']} device(s); wall time {s.get('wall_seconds', 0) / 60:.1f} min.",
+      + f"; {s['devices']} device(s); the runs' own time sums to "
+      f"{_run_minutes(report):.1f} min (this invocation: {s.get('wall_seconds', 0) / 60:.1f} "
+      "min; finished runs are reused across invocations, data and references are rebuilt).",
       "Columns: alignment accuracy (zero-shot, true caption ranked above every "
       "one-attribute-changed caption), per attribute, caption loss, worst-10% clients' "
       "accuracy, oscillation = mean cosine between consecutive server updates over the last "

@@ -272,3 +272,20 @@ def test_streamed_round_equals_stacked_round_with_opm():
                              float(m1["canonical/explained"]), rtol=1e-4)
   with pytest.raises(ValueError, match="score_with: the streamed canonical path"):
     aggregation.make_aggregator("canonical", cohort_size=6, streamed=True)
+
+
+def test_auto_path_streams_only_over_the_cap_and_when_scoring_allows():
+  from fedjax_mm import configuration
+  from fedjax_mm.simulation import builders
+  config = configuration.aggregation_section()
+  holder = type("C", (), {})()
+  holder.aggregation, holder.clients_per_round = config, 100
+  template = {"w": jax.ShapeDtypeStruct((128, 128), jnp.float32)}   # 100 x 64 KiB = 6.25 MiB
+  config.canonical_score_with = "previous"
+  assert not builders.canonical_streamed(holder, template)          # under the 4 GiB cap
+  config.max_stack_mib = 1.0
+  assert builders.canonical_streamed(holder, template)
+  config.canonical_score_with = "current"                           # needs this round's basis
+  assert not builders.canonical_streamed(holder, template)
+  config.canonical_path = "streamed"
+  assert builders.canonical_streamed(holder, template)
