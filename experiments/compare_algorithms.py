@@ -39,6 +39,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import ABLATIONS, GRID, METHODS  # noqa: E402
 import compare_report  # noqa: E402
+from fedma_demo import set_field  # noqa: E402
 
 from fedjax_mm import centralized, config_files, configuration, evaluation  # noqa: E402
 from fedjax_mm import metrics as metrics_lib  # noqa: E402
@@ -53,14 +54,6 @@ SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
 # ~1,000 test rows), the main methods, ablations on one_pass.
 QUICK = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000,
          "methods": "fedavg,fedavgm,fedadam,ties,knots,fedcmp", "ablation_scenarios": "one_pass"}
-
-
-def set_field(config, key: str, value) -> None:
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
 
 
 def scenario_config(name: str, args):
