@@ -39,7 +39,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import ABLATIONS, GRID, METHODS  # noqa: E402
 import compare_report  # noqa: E402
-from fedma_demo import set_field  # noqa: E402
+from fedma_demo import apply_overrides, set_field  # noqa: E402
 
 from fedjax_mm import centralized, config_files, configuration, evaluation  # noqa: E402
 from fedjax_mm import metrics as metrics_lib  # noqa: E402
@@ -74,13 +74,7 @@ def scenario_config(name: str, args):
       config.data.eval_clients = QUICK["eval_clients"]
   if args.rounds:
     config.num_rounds = args.rounds
-  for item in args.override:
-    key, value = item.split("=", 1)
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:   # a bare string: aggregation.kind=ties
-      pass
-    set_field(config, key, value)
+  apply_overrides(config, args.override)
   return config
 
 

@@ -75,6 +75,17 @@ def set_field(config, key: str, value) -> None:
   node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
 
 
+def apply_overrides(config, items) -> None:
+  """``key=value`` strings onto ``config`` (values as JSON, else bare strings)."""
+  for item in items:
+    key, value = item.split("=", 1)
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:  # a bare string: algorithm.name=scaffold
+      pass
+    set_field(config, key, value)
+
+
 def method_label(config) -> str:
   """What ran, from the config: e.g. "FedAvg", "FedAdam", "SCAFFOLD (SGD clients)"."""
   name = _ALGORITHM_NAMES[config.algorithm.name]
@@ -132,13 +143,7 @@ def main() -> None:
       config.data.partition.alpha = args.alpha
     for key, value in METHODS[method].items():
       set_field(config, key, value)
-    for item in args.override:
-      key, value = item.split("=", 1)
-      try:
-        value = json.loads(value)
-      except json.JSONDecodeError:  # a bare string: algorithm.name=scaffold
-        pass
-      set_field(config, key, value)
+    apply_overrides(config, args.override)
     configuration.validate(config)
     return config
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from fedjax_mm import aggregation, algorithms, checks
-from fedjax_mm.aggregation import canonical, knots
+from fedjax_mm.aggregation import canonical, canonical_streamed, knots
 from fedjax_mm import client as client_lib
 from fedjax_mm import schedules
 from fedjax_mm.data import federated
@@ -167,7 +167,7 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
           integer=True)
   g = config.aggregation
   if g.kind == "canonical" and g.canonical_path == "streamed" and (
-      g.canonical_score_with != "previous" or g.canonical_reliability == "agreement"):
+      not canonical_streamed.streamable(g.canonical_reliability, g.canonical_score_with)):
     raise ConfigError(
         "config.aggregation.canonical_path: 'streamed' scores each client as it streams "
         "past, before this round's basis exists: it needs canonical_score_with='previous' "

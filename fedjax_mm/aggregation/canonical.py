@@ -106,10 +106,21 @@ def init_state(template: PyTree, rank: int | float | None) -> CanonicalState:
   return CanonicalState(bases=tuple(bases), has_basis=jnp.zeros((), bool))
 
 
+def client_gram(x: jax.Array) -> jax.Array:
+  """``Σ_k ΔW_k ΔW_kᵀ`` (``m x m``) of stacked matrices ``[C, m, n]``, in full float32
+  (no TF32 on GPUs: the basis is read off its eigenvectors)."""
+  return jnp.einsum("cmn,cpn->mp", x, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def descending_eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eigenvalues and eigenvectors (columns) of a symmetric ``gram``, largest first."""
+  values, vectors = jnp.linalg.eigh(gram)       # ascending
+  return values[::-1], vectors[:, ::-1]
+
+
 def top_eigenvectors(gram: jax.Array, r: int) -> jax.Array:
   """Top-``r`` eigenvectors (``m x r``) of a symmetric PSD ``gram``."""
-  _, vectors = jnp.linalg.eigh(gram)            # ascending eigenvalues
-  return vectors[:, ::-1][:, :r]
+  return descending_eigh(gram)[1][:, :r]
 
 
 def explained_energy(bases, grams) -> jax.Array:
@@ -164,7 +175,7 @@ def canonical_fusion(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   leaves, treedef = jax.tree.flatten(updates)
   deltas = [jnp.where(mask[:, None, None], as_matrix(x, 1), 0.0).astype(jnp.float32)
             for x in leaves if is_matrix(x, 1)]
-  grams = [jnp.einsum("cmn,cpn->mp", x, x) for x in deltas]
+  grams = [client_gram(x) for x in deltas]
   bases = tuple(top_eigenvectors(g, basis_rank(rank, g.shape[0])) for g in grams)
   rho = reliability_scores(reliability, deltas, bases if score_bases is None else score_bases, p)
   logits = jnp.where(mask, jnp.log(jnp.maximum(w, 1e-30)) + rho / temperature, -jnp.inf)

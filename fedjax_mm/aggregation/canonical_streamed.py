@@ -41,6 +41,11 @@ from fedjax_mm.types import PyTree
 STREAMABLE_RELIABILITIES = ("explained", "uniform")
 
 
+def streamable(reliability: str, score_with: str) -> bool:
+  """Whether CRA with these options has a streamed path (see the module doc)."""
+  return score_with == "previous" and reliability in STREAMABLE_RELIABILITIES
+
+
 class CanonicalAccumulator(NamedTuple):
   grams: tuple[jax.Array, ...]     # Σ ΔW ΔWᵀ per matrix leaf
   weighted_sum: PyTree             # Σ e_k Δ_k, scaled by exp(-max_logit)
@@ -84,7 +89,7 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
     mix = lambda coef: jax.tree.map(lambda d: jnp.tensordot(coef.astype(d.dtype), d, axes=1),
                                     deltas)
     return CanonicalAccumulator(
-        grams=tuple(g + jnp.einsum("cmn,cpn->mp", x, x) for g, x in zip(acc.grams, mats)),
+        grams=tuple(g + canonical.client_gram(x) for g, x in zip(acc.grams, mats)),
         weighted_sum=jax.tree.map(lambda s, c: s * rescale + c, acc.weighted_sum, mix(e)),
         normalizer=acc.normalizer * rescale + jnp.sum(e),
         max_logit=new_max,

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation import canonical
 from fedjax_mm.aggregation.ties import (check_options, client_weights, elect_and_merge,
                                         flatten_masked, trim, unflatten_like, weighted_sum)
 from fedjax_mm.types import PyTree
@@ -80,9 +81,8 @@ def _svd_blocks(x: jax.Array, rank: int | None, num_valid: jax.Array):
   tolerance of the PSD Gram matrix).
   """
   _, m, n = x.shape
-  gram = jnp.einsum("cmn,cpn->mp", x, x, precision=jax.lax.Precision.HIGHEST)
-  evals, vectors = jnp.linalg.eigh(gram)
-  evals, u = jnp.maximum(evals[::-1], 0.0), vectors[:, ::-1]
+  evals, u = canonical.descending_eigh(canonical.client_gram(x))
+  evals = jnp.maximum(evals, 0.0)
   tol = evals[0] * jnp.maximum(m, n * num_valid) * np.finfo(np.float32).eps
   support = (evals > tol) & (jnp.arange(m) < (m if rank is None else min(rank, m)))
   blocks = jnp.einsum("mq,cmn->cqn", u, x, precision=jax.lax.Precision.HIGHEST)

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from fedjax_mm import aggregation, algorithms, client as client_lib, configuration, schedules
+from fedjax_mm.aggregation.canonical_streamed import streamable
 from fedjax_mm.data import federated
 from fedjax_mm.server import fedopt
 from fedjax_mm.types import Task
@@ -68,8 +69,7 @@ def canonical_streamed(config: ml_collections.ConfigDict, template=None) -> bool
   if template is None:
     return False
   too_big = aggregation.stack_bytes(template, config.clients_per_round) > g.max_stack_mib * 2**20
-  streamable = g.canonical_score_with == "previous" and g.canonical_reliability != "agreement"
-  return too_big and streamable
+  return too_big and streamable(g.canonical_reliability, g.canonical_score_with)
 
 
 def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
