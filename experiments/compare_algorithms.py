@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,12 +55,12 @@ SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
 # steps and 1,000 rows each), evaluation on 100 clients (one_pass: all 600,
 # ~1,000 test rows), the main methods, ablations on one_pass.
 QUICK = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000,
-         "methods": "fedavg,fedavgm,fedadam,ties,knots,fedcmp", "ablation_scenarios": "one_pass"}
+         "methods": "fedavg,fedavgm,fedadam,ties,knots,fedcmp", "ablation_scenarios": ""}
 
 
 def scenario_config(name: str, args):
   config = config_files.load(ROOT / "configs/scenarios.py", name)
-  if args.quick:
+  if args.scale == "small":
     config.num_rounds = QUICK["rounds"]
     if config.clients_per_round > QUICK["clients_per_round"]:
       config.clients_per_round = QUICK["clients_per_round"]
@@ -87,14 +89,60 @@ def method_config(base, method, lr: float):
   return config
 
 
-def run_one(config, rundir: Path, setup) -> dict:
-  """One federated run (kept: a second call reads the stored result)."""
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # alive, someone else's
+    return True
+  return True
+
+
+def claim(rundir: Path) -> bool:
+  """Takes ``rundir`` for this process; False while another live process holds it.
+
+  Workers (``--workers``) share the work directory: a run is done by whoever
+  creates its ``claim`` file first, and a claim left by a killed process is
+  taken over, so an interrupted experiment resumes with any number of workers.
+  """
+  rundir.mkdir(parents=True, exist_ok=True)
+  lock = rundir / "claim"
+  for _ in range(3):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        text, age = lock.read_text(), time.time() - lock.stat().st_mtime
+      except OSError:               # released meanwhile: try again
+        continue
+      holder = int(text) if text.strip().isdigit() else 0
+      if holder == os.getpid():
+        return True
+      if (holder and _alive(holder)) or (not holder and age < 60):   # 0: being written
+        return False
+      lock.unlink(missing_ok=True)  # stale: its process is gone
+      continue
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+  return False
+
+
+def run_one(config, rundir: Path, scenario: "Scenario") -> dict | None:
+  """One federated run, kept in ``rundir/result.json`` (None: another worker has it)."""
   done = rundir / "result.json"
   if done.exists():
     return json.loads(done.read_text())
+  if not claim(rundir):
+    return None
+  if done.exists():                 # finished between the check and the claim
+    (rundir / "claim").unlink(missing_ok=True)
+    return json.loads(done.read_text())
   tick = time.perf_counter()
   try:
-    summary = driver.train_and_evaluate(config, str(rundir), setup=setup, progress=False)
+    summary = driver.train_and_evaluate(config, str(rundir), setup=scenario.setup,
+                                        progress=False)
   except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
     result = {"diverged": str(e), "final": {}, "curve": [], "cosine": []}
   else:
@@ -105,10 +153,13 @@ def run_one(config, rundir: Path, setup) -> dict:
         "cosine": [h.get("update_cosine", float("nan")) for h in history],
     }
   result["seconds"] = time.perf_counter() - tick
-  rundir.mkdir(parents=True, exist_ok=True)
-  done.write_text(json.dumps(result))
+  result["pid"] = os.getpid()
+  tmp = rundir / "result.json.tmp"     # atomic: a reader never sees half a file
+  tmp.write_text(json.dumps(result))
+  tmp.replace(done)
   for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
     shutil.rmtree(ckpt, ignore_errors=True)
+  (rundir / "claim").unlink(missing_ok=True)
   return result
 
 
@@ -144,6 +195,108 @@ def references(config, setup, batch: int) -> dict:
   return out
 
 
+class Scenario:
+  """One scenario's base config, with its data built only when a run needs it."""
+
+  def __init__(self, name: str, base, towers: dict):
+    self.name, self.base, self._towers, self._setup = name, base, towers, None
+    self.data_seconds = 0.0
+
+  @property
+  def setup(self):
+    if self._setup is None:
+      if "towers" not in self._towers:   # shared by every scenario
+        self._towers["towers"] = fedma.build_towers(self.base)
+      tick = time.perf_counter()
+      self._setup = fedma.build(self.base, pretrained=self._towers["towers"])
+      self.data_seconds = time.perf_counter() - tick
+    return self._setup
+
+
+def scenario_references(scenario: Scenario, rundir: Path, batch: int) -> dict | None:
+  """The scenario's references, computed once and kept like a run."""
+  done = rundir / "references.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  if not claim(rundir):
+    return None
+  out = references(scenario.base, scenario.setup, batch)
+  tmp = rundir / "references.json.tmp"
+  tmp.write_text(json.dumps(out))
+  tmp.replace(done)
+  (rundir / "claim").unlink(missing_ok=True)
+  return out
+
+
+def method_runs(scenario: Scenario, key: str, method, workdir: Path, *, seeds: int,
+                tune: bool, chosen_cmp: float | None) -> dict | None:
+  """A method's grid (seed 0) and its best point on every seed; None while pending.
+
+  Pending: another worker holds one of its runs, or (an ablation) Fed-CMP's
+  learning rate is not chosen yet. Every run this process can take is done.
+  """
+  is_ablation = key in ABLATIONS
+  center = method.default_lr(scenario.base)
+  grid = [center * g for g in GRID] if tune and not is_ablation else [center]
+  if is_ablation and chosen_cmp is not None:
+    grid = [chosen_cmp]
+  base = workdir / scenario.name / key
+  trials = {lr: run_one(method_config(scenario.base, method, lr),
+                        base / f"lr{lr:.4g}" / "seed0", scenario) for lr in grid}
+  if any(r is None for r in trials.values()):
+    return None
+  best = max(trials, key=lambda lr: accuracy(trials[lr]))
+  runs = [trials[best]]
+  for seed in range(1, seeds):
+    config = method_config(scenario.base, method, best)
+    config.seed = seed
+    runs.append(run_one(config, base / f"lr{best:.4g}" / f"seed{seed}", scenario))
+  if any(r is None for r in runs):
+    return None
+  return {"label": method.label, "tuned": method.tuned,
+          "grid": {f"{lr:.4g}": accuracy(r) for lr, r in trials.items()},
+          "chosen": best, "ablation": is_ablation, "runs": runs}
+
+
+def run_scenario(scenario: Scenario, todo: dict, workdir: Path, args, *, seeds: int,
+                 tune: bool) -> dict:
+  """Every run of one scenario (shared with other workers), then its report entry."""
+  base = scenario.base
+  while True:
+    refs = scenario_references(scenario, workdir / scenario.name / "references",
+                               args.central_batch)
+    entries: dict = {}
+    for key, method in todo.items():
+      chosen = entries["fedcmp"]["chosen"] if entries.get("fedcmp") else None
+      if key in ABLATIONS and "fedcmp" in todo and chosen is None:
+        entries[key] = None          # at Fed-CMP's learning rate, once it is chosen
+        continue
+      entries[key] = method_runs(scenario, key, method, workdir, seeds=seeds, tune=tune,
+                                 chosen_cmp=chosen)
+    if refs is not None and all(e is not None for e in entries.values()):
+      break
+    time.sleep(5)    # the rest is held by other workers: wait for their results
+  for key, entry in entries.items():
+    accs = [accuracy(r) for r in entry["runs"]]
+    print(f"  {entry['label']:45s} lr {entry['chosen']:.4g}: acc {np.mean(accs):.4f} "
+          f"(+- {np.std(accs):.4f}), {sum(r['seconds'] for r in entry['runs']):.0f}s")
+  return {"rounds": base.num_rounds, "clients": base.data.num_clients,
+          "per_round": base.clients_per_round, "local_steps": base.local.num_steps,
+          "batch": base.local.batch_size, "data_seconds": scenario.data_seconds,
+          "references": refs, "methods": entries}
+
+
+def spawn_workers(count: int) -> list[subprocess.Popen]:
+  """This command as ``count - 1`` more workers, the CPU cores split among all ``count``.
+
+  Sets this process's own share too (before JAX starts); it is the first worker.
+  """
+  if "FEDJAX_MM_CPU_DEVICES" not in os.environ:
+    os.environ["FEDJAX_MM_CPU_DEVICES"] = str(max((os.cpu_count() or 1) // count, 1))
+  argv = [sys.executable, *sys.argv, "--worker"]
+  return [subprocess.Popen(argv, env=dict(os.environ)) for _ in range(count - 1)]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs/compare")
@@ -154,24 +307,37 @@ def main() -> None:
   parser.add_argument("--ablations", default=",".join(ABLATIONS),
                       help="Fed-CMP ablations ('' for none), run on --ablation-scenarios")
   parser.add_argument("--ablation-scenarios", default=None,
-                      help=f"default: concept_0.1,one_pass ({QUICK['ablation_scenarios']} "
+                      help=f"default: one_pass ({QUICK['ablation_scenarios'] or 'none'} "
                            "with --quick)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--no-tune", action="store_true", help="each method's default lr only")
   parser.add_argument("--quick", action="store_true",
                       help="one seed, no tuning, a fifth of the work per round, "
                            f"{QUICK['rounds']} rounds (see QUICK)")
+  parser.add_argument("--scale", choices=("presets", "small"), default=None,
+                      help="presets: the scenarios as configured (150 rounds of 100 clients); "
+                           "small: --quick's size (see QUICK). Default: small with --quick")
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--central-batch", type=int, default=64)
+  parser.add_argument("--workers", type=int, default=1,
+                      help="parallel processes sharing the work directory, the CPU cores "
+                           "split between them (2-core CPU, --scale small: 2 workers of 1 "
+                           "device finish 1.26x more runs per hour than 1 of 2 devices)")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--override", action="append", default=[],
                       help="config overrides key=value for every run, repeatable")
   args = parser.parse_args()
+  if args.workers < 1:
+    parser.error(f"--workers must be >= 1, got {args.workers}")
   if args.methods is None:
     args.methods = QUICK["methods"] if args.quick else ",".join(METHODS)
+  if args.scale is None:
+    args.scale = "small" if args.quick else "presets"
   if args.ablation_scenarios is None:
-    args.ablation_scenarios = QUICK["ablation_scenarios"] if args.quick else "concept_0.1,one_pass"
+    args.ablation_scenarios = QUICK["ablation_scenarios"] if args.quick else "one_pass"
+  workers = spawn_workers(args.workers) if args.workers > 1 and not args.worker else []
   mesh.use_cpu_cores()                  # before any JAX computation
-  workdir = Path(args.workdir) / ("quick" if args.quick else "full")
+  workdir = Path(args.workdir) / ("quick" if args.quick else f"full-{args.scale}")
   # Seeds and grid points of one method compile to the same program.
   jax.config.update("jax_compilation_cache_dir", str(Path(args.workdir) / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -180,49 +346,23 @@ def main() -> None:
   started = time.perf_counter()
   methods = {k: METHODS[k] for k in args.methods.split(",") if k}
   ablations = {k: ABLATIONS[k] for k in args.ablations.split(",") if k}
-  report = {"settings": {"quick": args.quick, "seeds": seeds, "tuned": tune,
-                         "grid": GRID, "devices": jax.device_count()},
-            "scenarios": {}}
-  pretrained = None
+  report = {"settings": {"quick": args.quick, "scale": args.scale, "seeds": seeds, "tuned": tune,
+                         "grid": GRID, "devices": jax.device_count(),
+                         "workers": args.workers}, "scenarios": {}}
+  towers: dict = {}
   for name in args.scenarios.split(","):
     base = scenario_config(name, args)
     configuration.validate(base)
-    pretrained = pretrained or fedma.build_towers(base)
-    tick = time.perf_counter()
-    setup = fedma.build(base, pretrained=pretrained)
-    entry = {"rounds": base.num_rounds, "clients": base.data.num_clients,
-             "per_round": base.clients_per_round, "local_steps": base.local.num_steps,
-             "batch": base.local.batch_size, "data_seconds": time.perf_counter() - tick,
-             "references": references(base, setup, args.central_batch), "methods": {}}
-    print(f"== {name}: {entry['clients']} clients, {entry['per_round']}/round, "
-          f"{entry['rounds']} rounds")
-    chosen_cmp = None
-    todo = list(methods.items()) + ([(k, m) for k, m in ablations.items()]
-                                    if name in args.ablation_scenarios.split(",") else [])
-    for key, method in todo:
-      is_ablation = key in ABLATIONS
-      center = method.default_lr(base)
-      grid = [center * g for g in GRID] if tune and not is_ablation else [center]
-      if is_ablation and chosen_cmp is not None:
-        grid = [chosen_cmp]
-      trials = {lr: run_one(method_config(base, method, lr), workdir / name / key /
-                            f"lr{lr:.4g}" / "seed0", setup) for lr in grid}
-      best = max(trials, key=lambda lr: accuracy(trials[lr]))
-      if key == "fedcmp":
-        chosen_cmp = best
-      runs = [trials[best]]
-      for seed in range(1, seeds):
-        config = method_config(base, method, best)
-        config.seed = seed
-        runs.append(run_one(config, workdir / name / key / f"lr{best:.4g}" / f"seed{seed}",
-                            setup))
-      entry["methods"][key] = {"label": method.label, "tuned": method.tuned,
-                               "grid": {f"{lr:.4g}": accuracy(r) for lr, r in trials.items()},
-                               "chosen": best, "ablation": is_ablation, "runs": runs}
-      accs = [accuracy(r) for r in runs]
-      print(f"  {method.label:45s} lr {best:.4g}: acc {np.mean(accs):.4f} "
-            f"(+- {np.std(accs):.4f}), {sum(r['seconds'] for r in runs):.0f}s")
-    report["scenarios"][name] = entry
+    todo = {**methods, **(ablations if name in args.ablation_scenarios.split(",") else {})}
+    print(f"== {name}: {base.data.num_clients} clients, {base.clients_per_round}/round, "
+          f"{base.num_rounds} rounds", flush=True)
+    report["scenarios"][name] = run_scenario(Scenario(name, base, towers), todo, workdir,
+                                             args, seeds=seeds, tune=tune)
+  for worker in workers:
+    if worker.wait():
+      raise SystemExit(f"a worker failed (exit {worker.returncode}); rerun to resume")
+  if args.worker:
+    return
   report["settings"]["wall_seconds"] = time.perf_counter() - started
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

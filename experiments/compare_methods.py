@@ -64,6 +64,9 @@ ABLATIONS = {
         **FEDCMP, "aggregation.canonical_fusion": "mean"}, "server.learning_rate"),
     "fedcmp_agreement": Method("Fed-CMP, agreement reliability", {
         **FEDCMP, "aggregation.canonical_reliability": "agreement"}, "server.learning_rate"),
+    "fedcmp_inverse_variance": Method("Fed-CMP, inverse-variance reliability", {
+        **FEDCMP, "aggregation.canonical_reliability": "inverse_variance"},
+        "server.learning_rate"),
     "fedcmp_uniform": Method("Fed-CMP, uniform reliability", {
         **FEDCMP, "aggregation.canonical_reliability": "uniform"}, "server.learning_rate"),
     "fedcmp_rank8": Method("Fed-CMP, rank 8", {
@@ -72,6 +75,8 @@ ABLATIONS = {
         **FEDCMP, "aggregation.canonical_rank": 0}, "server.learning_rate"),
     "fedcmp_no_procrustes": Method("Fed-CMP, no Procrustes alignment", {
         **FEDCMP, "server.procrustes": False}, "server.learning_rate"),
+    "fedcmp_weights": Method("Fed-CMP, local projectors decomposed (not updates)", {
+        **FEDCMP, "aggregation.canonical_decompose": "weights"}, "server.learning_rate"),
     "fedcmp_span": Method("Fed-CMP, span(U) heavy-ball OPM", {
         **FEDCMP, "server.opm_variant": "span"}, "server.learning_rate"),
 }

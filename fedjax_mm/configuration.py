@@ -78,10 +78,11 @@ def aggregation_section() -> ml_collections.ConfigDict:
       gm_smoothing=1e-6,          # geometric_median: Weiszfeld smoothing
       gm_max_iters=100,
       canonical_rank=0,           # canonical (Fed-CMP's CRA): basis size per matrix (0: full)
-      canonical_reliability="explained",   # explained | agreement | uniform
+      canonical_reliability="explained",   # explained | agreement | inverse_variance | uniform
       canonical_temperature=0.1,  # canonical: softmax temperature of the reliabilities
       canonical_fusion="coefficients",   # coefficients (U Σ α_k C_k) | mean (basis only)
       canonical_score_with="current",    # current | previous (last round's basis)
+      canonical_decompose="updates",     # updates | weights (the local projectors W - ΔW_k)
       canonical_path="auto",      # auto (stacked if under max_stack_mib) | stacked | streamed
       merge_density=0.2,          # ties / knots: share of each client's entries kept
       merge_scale=1.0,            # ties / knots: λ on the merged update
@@ -159,6 +160,7 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
   _number(config, "aggregation.canonical_temperature", lambda v: v > 0, "> 0")
   _one_of(config, "aggregation.canonical_fusion", canonical.FUSIONS)
   _one_of(config, "aggregation.canonical_score_with", canonical.SCORINGS)
+  _one_of(config, "aggregation.canonical_decompose", canonical.DECOMPOSITIONS)
   _one_of(config, "aggregation.canonical_path", CANONICAL_PATHS)
   _number(config, "aggregation.merge_density", lambda v: 0 < v <= 1, "in (0, 1]")
   _number(config, "aggregation.merge_scale", lambda v: v > 0, "> 0")
@@ -171,7 +173,7 @@ def _validate_parts(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         "config.aggregation.canonical_path: 'streamed' scores each client as it streams "
         "past, before this round's basis exists: it needs canonical_score_with='previous' "
-        "and canonical_reliability in ('explained', 'uniform'), got "
+        f"and canonical_reliability in {canonical_streamed.STREAMABLE_RELIABILITIES}, got "
         f"{g.canonical_score_with!r} and {g.canonical_reliability!r}")
   if config.server.optimizer == "opm" and g.kind != "canonical":
     raise ConfigError(

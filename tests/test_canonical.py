@@ -1,6 +1,7 @@
 """Canonical reliability-aware aggregation against a NumPy reference from the
-pseudo-code (basis by SVD of the concatenated updates, not eigh of their
-Gram sum), plus its degenerate and robustness properties."""
+pseudo-code (basis by SVD of the concatenated matrices, not eigh of their
+Gram sum; updates or local models decomposed), plus its degenerate and
+robustness properties."""
 
 import jax
 import numpy as np
@@ -23,45 +24,68 @@ def _stack(seed):
   return updates, weights, mask
 
 
-def reference(updates, weights, mask, rank, reliability, temperature):
-  """Steps 1-5 of the module doc on the valid clients, in float64."""
-  w_k = updates["w"][mask].astype(np.float64)
+def _global(seed):
+  rng = np.random.default_rng(100 + seed)
+  return {"w": rng.normal(size=(M, N)).astype(np.float32),
+          "b": rng.normal(size=N).astype(np.float32)}
+
+
+def reference(updates, weights, mask, rank, reliability, temperature, global_w=None):
+  """Steps 0-5 of the module doc on the valid clients, in float64."""
+  d_k = updates["w"][mask].astype(np.float64)
+  x_k = d_k if global_w is None else global_w.astype(np.float64) - d_k   # step 0
   b_k = updates["b"][mask].astype(np.float64)
   p = weights[mask].astype(np.float64)
   p = p / p.sum()
-  m = np.concatenate(list(w_k), axis=1)                    # m x (n K)
+  m = np.concatenate(list(x_k), axis=1)                    # m x (n K)
   u = np.linalg.svd(m, full_matrices=False)[0][:, :rank]   # top-r left singular vectors
-  coeffs = np.stack([u.T @ d for d in w_k])                 # K x r x n
+  coeffs = np.stack([u.T @ x for x in x_k])                 # K x r x n
+  consensus = np.einsum("k,krn->rn", p, coeffs)
   if reliability == "explained":
-    rho = np.array([np.sum((u @ c) ** 2) / np.sum(d ** 2) for c, d in zip(coeffs, w_k)])
+    rho = np.array([np.sum((u @ c) ** 2) / np.sum(x ** 2) for c, x in zip(coeffs, x_k)])
   elif reliability == "agreement":
-    consensus = np.einsum("k,krn->rn", p, coeffs)
     rho = np.array([np.sum(c * consensus) / (np.linalg.norm(c) * np.linalg.norm(consensus))
                     for c in coeffs])
+  elif reliability == "inverse_variance":
+    rho = []
+    for c in coeffs:
+      d = 0.0
+      for j in range(rank):           # each direction in units of its cohort variance
+        var = sum(pk * np.sum((ck[j] - consensus[j]) ** 2) for pk, ck in zip(p, coeffs))
+        d += np.sum((c[j] - consensus[j]) ** 2) / var / rank
+      rho.append(1 / (1 + d))
+    rho = np.array(rho)
   else:
     rho = np.zeros(len(p))
   alpha = p * np.exp(rho / temperature)
   alpha = alpha / alpha.sum()
-  return {"w": u @ np.einsum("k,krn->rn", alpha, coeffs), "b": alpha @ b_k}, alpha
+  fused = u @ u.T @ np.einsum("k,kmn->mn", alpha, d_k)     # the update, projected
+  return {"w": fused, "b": alpha @ b_k}, alpha
 
 
-@pytest.mark.parametrize("reliability", ["explained", "agreement", "uniform"])
+@pytest.mark.parametrize("reliability", ["explained", "agreement", "inverse_variance",
+                                         "uniform"])
 @pytest.mark.parametrize("rank", [1, 3])
-def test_matches_numpy_reference(reliability, rank):
+@pytest.mark.parametrize("decompose", ["updates", "weights"])
+def test_matches_numpy_reference(reliability, rank, decompose):
   updates, weights, mask = _stack(rank)
-  fn = jax.jit(lambda u, w, m: canonical_fusion(u, w, m, rank=rank, reliability=reliability,
-                                                temperature=0.5))
-  got, info = fn(updates, weights, mask)
-  want, alpha = reference(updates, weights, mask, rank, reliability, 0.5)
+  params = _global(rank)
+  fn = jax.jit(lambda u, w, m, g: canonical_fusion(
+      u, w, m, rank=rank, reliability=reliability, temperature=0.5, decompose=decompose,
+      params=g))
+  got, info = fn(updates, weights, mask, params)
+  want, alpha = reference(updates, weights, mask, rank, reliability, 0.5,
+                          params["w"] if decompose == "weights" else None)
   np.testing.assert_allclose(np.asarray(info["alpha"])[mask], alpha, rtol=1e-4, atol=1e-6)
   assert np.all(np.asarray(info["alpha"])[~mask] == 0)
   for k in want:
     np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-4, atol=1e-5)
 
 
-def test_full_rank_explained_is_the_weighted_mean():
+@pytest.mark.parametrize("decompose", ["updates", "weights"])
+def test_full_rank_explained_is_the_weighted_mean(decompose):
   updates, weights, mask = _stack(3)
-  got, info = canonical_fusion(updates, weights, mask)
+  got, info = canonical_fusion(updates, weights, mask, decompose=decompose, params=_global(3))
   p = np.where(mask, weights, 0) / np.sum(weights[mask])
   for k in updates:
     np.testing.assert_allclose(np.asarray(got[k]),
@@ -106,6 +130,8 @@ def test_padding_is_inert_and_all_masked_is_zero():
     ({"temperature": 0.0}, r"temperature: must be a number > 0"),
     ({"rank": 1.5}, "rank: must be"),
     ({"rank": 0}, "rank: must be"),
+    ({"decompose": "projectors"}, "decompose: must be one of"),
+    ({"decompose": "weights"}, "needs the round's global parameters"),
 ])
 def test_bad_options_name_the_argument(kwargs, match):
   updates, weights, mask = _stack(0)

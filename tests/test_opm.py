@@ -186,18 +186,21 @@ def _cohort(seed, c=9):
   return deltas, weights, mask
 
 
-@pytest.mark.parametrize("reliability,fusion", [("explained", "coefficients"),
-                                                ("explained", "mean")])
-def test_streamed_equals_stacked_over_rounds(reliability, fusion):
-  options = dict(rank=2, reliability=reliability, temperature=0.2, fusion=fusion)
+@pytest.mark.parametrize("reliability,fusion,decompose", [
+    ("explained", "coefficients", "updates"), ("explained", "mean", "updates"),
+    ("explained", "coefficients", "weights")])
+def test_streamed_equals_stacked_over_rounds(reliability, fusion, decompose):
+  options = dict(rank=2, reliability=reliability, temperature=0.2, fusion=fusion,
+                 decompose=decompose)
   stacked = canonical_aggregator(score_with="previous", **options)
   streamed = canonical_streaming(**options)
   template = jax.tree.map(lambda x: x[0], _cohort(0)[0])
   s1, s2 = stacked.init(template), streamed.init(template)
   for seed in range(3):            # round 0 scores uniformly, later ones with the old basis
     deltas, weights, mask = _cohort(seed)
-    a, s1, m1 = jax.jit(stacked.aggregate)(s1, deltas, weights, mask, None)
-    acc = streamed.start(s2, template)
+    params = jax.tree.map(lambda x: 3.0 * x[seed], _cohort(10)[0])   # the round's model
+    a, s1, m1 = jax.jit(stacked.aggregate)(s1, deltas, weights, mask, None, params)
+    acc = streamed.start(s2, params)
     for lo in range(0, 9, 4):      # chunks of 4, 4, 1; masked rows arrive with weight 0
       sl = slice(lo, lo + 4)
       acc = jax.jit(streamed.accumulate)(acc, jax.tree.map(lambda x: x[sl] * 1.0, deltas),
@@ -210,6 +213,21 @@ def test_streamed_equals_stacked_over_rounds(reliability, fusion):
                                np.eye(2), atol=1e-4)
   with pytest.raises(ValueError, match=r"reliability \(streamed\): must be one of"):
     canonical_streaming(reliability="agreement")
+
+
+def test_inverse_variance_down_weights_an_outlier_inside_the_span():
+  # Client 3 moves inside the shared row space, 10x a typical client: the
+  # basis explains it fully (so "explained" cannot see it), but its
+  # coefficients sit far from the consensus in every direction.
+  deltas, weights, mask = _cohort(1)
+  deltas = jax.tree.map(lambda x: x.at[3].set(10.0 * x[4]), deltas)
+  weights = jnp.ones_like(weights)
+  others = np.asarray(mask) & (np.arange(9) != 3)
+  alphas = {r: np.asarray(canonical.canonical_fusion(deltas, weights, mask, rank=2,
+                                                     temperature=0.1, reliability=r)[1]["alpha"])
+            for r in ("explained", "inverse_variance")}
+  assert alphas["inverse_variance"][3] < 0.2 * alphas["inverse_variance"][others].min()
+  assert alphas["explained"][3] > 0.5 * alphas["explained"][others].min()
 
 
 def test_reliability_down_weights_a_pure_noise_client():
@@ -257,10 +275,12 @@ def test_fed_cmp_with_neutral_options_is_fedavg_in_a_round():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_streamed_round_equals_stacked_round_with_opm():
+@pytest.mark.parametrize("decompose", ["updates", "weights"])
+def test_streamed_round_equals_stacked_round_with_opm(decompose):
   from fedjax_mm import aggregation
   from fedjax_mm.server import fedopt
-  options = dict(cohort_size=6, rank=2, score_with="previous", temperature=0.3)
+  options = dict(cohort_size=6, rank=2, score_with="previous", temperature=0.3,
+                 decompose=decompose)
   tx = lambda: fedopt.make_server_optimizer("opm", learning_rate=0.5, momentum=0.9,
                                             opm={"rank": 2})
   stacked, m1 = _round_run(aggregation.make_aggregator("canonical", **options), tx())

@@ -238,7 +238,7 @@ def test_aggregators_vmap_over_independent_cohorts(kind):
   def reduce(d, w, m, key):
     state = agg.init(template)
     if isinstance(agg, aggregation.CohortAggregator):
-      return agg.aggregate(state, d, w, m, key)[0]
+      return agg.aggregate(state, d, w, m, key, template)[0]
     acc = agg.accumulate(agg.start(state, template), d, jnp.where(m, w, 0.0))
     return agg.finalize(state, acc, key)[0]
 

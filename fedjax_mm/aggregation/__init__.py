@@ -33,6 +33,7 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
                     smoothing: float = 1e-6, max_iters: int = 100, rank: int = 0,
                     reliability: str = "explained", temperature: float = 0.1,
                     fusion: str = "coefficients", score_with: str = "current",
+                    decompose: str = "updates",
                     streamed: bool = False, density: float = 0.2, merge_scale: float = 1.0,
                     knots_merge_kind: str = "ties", knots_rank: int = 0) -> Aggregator:
   """An aggregator by name.
@@ -48,6 +49,8 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
       basis size per matrix (0: full), reliability score, softmax
       temperature, fusion and scoring basis (Fed-CMP's CRA, a reconstruction:
       see ``aggregation/canonical.py``).
+    decompose: canonical only: decompose the ``"updates"`` or the local
+      models (``"weights"``).
     streamed: canonical only: the streamed second-moment path (scores with
       last round's basis) instead of the stacked one.
     density, merge_scale: TIES's kept fraction per client and λ (also KnOTS's,
@@ -80,7 +83,7 @@ def make_aggregator(kind: str, *, cohort_size: int, trim_fraction: float = 0.1,
     return stateless(kind, reduce_gm)
   if kind == "canonical":
     options = dict(rank=rank or None, reliability=reliability, temperature=temperature,
-                   fusion=fusion)
+                   fusion=fusion, decompose=decompose)
     if streamed:
       if score_with != "previous":
         raise ValueError("score_with: the streamed canonical path scores clients before this "

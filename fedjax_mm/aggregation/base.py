@@ -39,7 +39,8 @@ class StreamingAggregator(NamedTuple):
   Attributes:
     name: prefix of its metrics.
     init: ``template delta -> state`` carried across rounds (``()`` if none).
-    start: ``(state, template delta) -> accumulator`` at the round's start.
+    start: ``(state, params) -> accumulator`` at the round's start; ``params`` is
+      the round's global model (the structure of one client's delta).
     accumulate: ``(acc, deltas [c, ...], weights [c]) -> acc`` once per chunk;
       excluded and padding clients arrive with weight 0 and a zero delta.
     finalize: ``(state, acc, key) -> (aggregate, new state, metrics)``.
@@ -58,14 +59,16 @@ class CohortAggregator(NamedTuple):
   Attributes:
     name: prefix of its metrics.
     init: ``template delta -> state`` carried across rounds (``()`` if none).
-    aggregate: ``(state, deltas [C, ...], weights [C], mask [C], key) ->
-      (aggregate, new state, metrics)``; ``mask`` is False for padding,
-      excluded and zero-weight clients, whose rows must not matter.
+    aggregate: ``(state, deltas [C, ...], weights [C], mask [C], key, params)
+      -> (aggregate, new state, metrics)``; ``mask`` is False for padding,
+      excluded and zero-weight clients, whose rows must not matter;
+      ``params`` is the round's global model the deltas are taken from
+      (e.g. Fed-CMP's CRA decomposes the local models ``params - delta``).
   """
 
   name: str
   init: Callable[[PyTree], PyTree]
-  aggregate: Callable[[PyTree, PyTree, jax.Array, jax.Array, jax.Array],
+  aggregate: Callable[[PyTree, PyTree, jax.Array, jax.Array, jax.Array, PyTree],
                       tuple[PyTree, PyTree, Metrics]]
 
 
@@ -93,8 +96,8 @@ def stateless(name: str, reduce: Callable[[PyTree, jax.Array, jax.Array],
                                           tuple[PyTree, Metrics]]) -> CohortAggregator:
   """A :class:`CohortAggregator` from a pure ``(deltas, weights, mask) -> (aggregate, metrics)``."""
 
-  def aggregate(state, deltas, weights, mask, key):
-    del key
+  def aggregate(state, deltas, weights, mask, key, params):
+    del key, params
     result, metrics = reduce(deltas, weights, mask)
     return result, state, metrics
 

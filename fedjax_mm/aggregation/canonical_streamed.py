@@ -5,8 +5,10 @@ at once. When that does not fit (thousands of clients x a large projector),
 the same aggregate is computed in one pass with memory O(chunk x model +
 Σ m²), from sums only:
 
-* per matrix, the Gram sum ``G = Σ_k ΔW_k ΔW_kᵀ`` (``m x m``), whose top
-  eigenvectors are this round's basis ``U``;
+* per matrix, the Gram sum ``G = Σ_k X_k X_kᵀ`` (``m x m``) of the
+  decomposed matrices (the updates ``ΔW_k``, or the local models
+  ``W - ΔW_k``: option ``decompose``), whose top eigenvectors are this
+  round's basis ``U``;
 * the reliability-weighted sum ``S = Σ_k e_k Δ_k`` and ``Z = Σ_k e_k`` with
   ``e_k = w_k exp(ρ_k / τ)``, kept as an online softmax (a running maximum
   of the logits, rescaling the sums when it grows, so no ``exp`` overflows);
@@ -16,7 +18,8 @@ the same aggregate is computed in one pass with memory O(chunk x model +
 A client's reliability must be known when its chunk streams past, before
 this round's basis exists, so this path scores against *last round's* basis
 (``score_with="previous"``; round 0 scores uniformly); ``"agreement"`` needs
-this round's consensus and is stacked-only. With those options the streamed
+this round's consensus and is stacked-only, as is ``"inverse_variance"``.
+With those options the streamed
 aggregate equals the stacked one (tested).
 
 References:
@@ -54,17 +57,18 @@ class CanonicalAccumulator(NamedTuple):
   mean_sum: PyTree                 # Σ w_k Δ_k (fusion="mean")
   weight_sum: jax.Array
   score_bases: tuple[jax.Array, ...]
+  globals_: tuple[jax.Array, ...]   # the round's global matrices (decompose="weights")
 
 
 def canonical_streaming(*, rank: int | float | None = None, reliability: str = "explained",
-                        temperature: float = 0.1,
-                        fusion: str = "coefficients") -> StreamingAggregator:
+                        temperature: float = 0.1, fusion: str = "coefficients",
+                        decompose: str = "updates") -> StreamingAggregator:
   """CRA as a :class:`StreamingAggregator` (see the module doc); scores with last round's basis.
 
   Raises:
     ValueError: on a bad option, or ``reliability="agreement"`` (stacked only).
   """
-  canonical.check_options(rank, reliability, temperature, fusion)
+  canonical.check_options(rank, reliability, temperature, fusion, decompose=decompose)
   checks.one_of("reliability (streamed)", reliability, STREAMABLE_RELIABILITIES)
 
   def start(state: canonical.CanonicalState, template: PyTree) -> CanonicalAccumulator:
@@ -72,7 +76,8 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
     grams = tuple(jnp.zeros((u.shape[0],) * 2, jnp.float32) for u in state.bases)
     score = tuple(jnp.where(state.has_basis, u, 0.0) for u in state.bases)
     return CanonicalAccumulator(grams, zeros, jnp.zeros(()), jnp.full((), -jnp.inf), zeros,
-                                jnp.zeros(()), score)
+                                jnp.zeros(()), score,
+                                tuple(canonical.global_matrices(template, decompose)))
 
   def accumulate(acc: CanonicalAccumulator, deltas: PyTree, weights: jax.Array):
     mask = weights > 0          # excluded and padding clients arrive with weight 0
@@ -80,6 +85,7 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
     leaves = jax.tree.leaves(deltas)
     mats = [jnp.where(mask[:, None, None], canonical.as_matrix(x, 1), 0.0).astype(jnp.float32)
             for x in leaves if canonical.is_matrix(x, 1)]
+    mats = canonical.decomposed(decompose, mats, acc.globals_, mask)
     rho = canonical.reliability_scores(reliability, mats, acc.score_bases, w)
     logits = jnp.where(mask, jnp.log(jnp.maximum(w, 1e-30)) + rho / temperature, -jnp.inf)
     new_max = jnp.maximum(acc.max_logit, jnp.max(logits))
@@ -95,7 +101,7 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
         max_logit=new_max,
         mean_sum=optax.tree.add(acc.mean_sum, mix(w)),
         weight_sum=acc.weight_sum + jnp.sum(w),
-        score_bases=acc.score_bases)
+        score_bases=acc.score_bases, globals_=acc.globals_)
 
   def finalize(state: canonical.CanonicalState, acc: CanonicalAccumulator, key):
     del key

@@ -88,6 +88,7 @@ def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
       smoothing=g.gm_smoothing, max_iters=g.gm_max_iters, rank=g.canonical_rank,
       reliability=g.canonical_reliability, temperature=g.canonical_temperature,
       fusion=g.canonical_fusion, score_with=g.canonical_score_with,
+      decompose=g.canonical_decompose,
       streamed=g.kind == "canonical" and canonical_streamed(config, template),
       density=g.merge_density, merge_scale=g.merge_scale, knots_merge_kind=g.knots_merge,
       knots_rank=g.knots_rank)

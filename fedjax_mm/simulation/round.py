@@ -274,7 +274,7 @@ def build_round_fn(
       deltas, weights, mask = jax.tree.map(
           lambda x: x.reshape((padded,) + x.shape[2:]), stacked)
       aggregate, agg_state, agg_metrics = aggregator.aggregate(
-          state.aggregator, deltas, weights, mask, aggregator_key(state))
+          state.aggregator, deltas, weights, mask, aggregator_key(state), state.trainable)
     aggregates = Aggregates(delta=aggregate, extras=sums.pop("extras"),
                             weight_sum=sums["weight"], num_counted=sums["counted"],
                             num_clients=spec.num_clients,
