@@ -1,0 +1,69 @@
+"""The comparison experiment's work sharing: run directories claimed by one
+worker at a time, stale claims taken over, finished runs read back."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+  sys.path.insert(0, str(ROOT / "experiments"))
+  spec = importlib.util.spec_from_file_location("compare_algorithms",
+                                                ROOT / "experiments/compare_algorithms.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def test_one_claim_per_run_directory(compare, tmp_path):
+  run = tmp_path / "a" / "seed0"
+  assert compare.claim(run)
+  assert compare.claim(run)                     # ours already
+  assert (run / "claim").read_text() == str(os.getpid())
+  (run / "claim").write_text("1")               # held by a live process (init)
+  assert not compare.claim(run)
+
+
+def test_stale_claims_are_taken_over(compare, tmp_path):
+  run = tmp_path / "b"
+  run.mkdir()
+  (run / "claim").write_text(str(_dead_pid()))  # its worker was killed
+  assert compare.claim(run)
+  assert (run / "claim").read_text() == str(os.getpid())
+  (run / "claim").write_text("")                # being written: busy for a minute
+  assert not compare.claim(run)
+  old = time.time() - 120
+  os.utime(run / "claim", (old, old))           # ...then stale
+  assert compare.claim(run)
+
+
+def test_run_one_reads_finished_runs_and_skips_claimed_ones(compare, tmp_path):
+  done, held = tmp_path / "done", tmp_path / "held"
+  done.mkdir()
+  (done / "result.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
+  assert compare.run_one(None, done, None) == {"final": {"accuracy": 0.5}}
+  held.mkdir()
+  (held / "claim").write_text("1")
+  assert compare.run_one(None, held, None) is None     # another worker's: pending
+  assert not (held / "result.json").exists()
+
+
+def test_workers_must_be_positive(compare, monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--workers", "0"])
+  with pytest.raises(SystemExit):
+    compare.main()
