@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from fedma_demo import METHODS as DEMO
+
 GRID = (1 / 3, 1.0, 3.0)   # the same relative grid for every method
 
 
@@ -27,7 +29,6 @@ class Method(NamedTuple):
     return float(node)
 
 
-SGD = {"client.optimizer": "sgd", "client.learning_rate": 0.5}
 # Fed-CMP's defaults (a reconstruction; see aggregation/canonical.py and
 # server/orthogonal_momentum.py): CRA at rank 32 of 128 scored by explained
 # energy, and OPM with FedAvgM's momentum and server learning rate.
@@ -36,20 +37,16 @@ FEDCMP = {"aggregation.kind": "canonical", "aggregation.canonical_rank": 32,
           "aggregation.canonical_temperature": 0.1,
           "server.optimizer": "opm", "server.momentum": 0.9, "server.learning_rate": 1.0}
 
+# The baselines the demo also runs keep the demo's settings (one table of them).
 METHODS = {
-    "fedavg": Method("FedAvg", {}, "client.learning_rate"),
-    "fedavgm": Method("FedAvgM", {"server.optimizer": "fedavgm", "server.momentum": 0.9,
-                                  "server.learning_rate": 1.0}, "server.learning_rate"),
-    "fedadam": Method("FedAdam", {"server.optimizer": "fedadam", "server.learning_rate": 0.01},
+    "fedavg": Method("FedAvg", DEMO["fedavg"], "client.learning_rate"),
+    "fedavgm": Method("FedAvgM", DEMO["fedavgm"], "server.learning_rate"),
+    "fedadam": Method("FedAdam", DEMO["fedadam"], "server.learning_rate"),
+    "fedyogi": Method("FedYogi", {**DEMO["fedadam"], "server.optimizer": "fedyogi"},
                       "server.learning_rate"),
-    "fedyogi": Method("FedYogi", {"server.optimizer": "fedyogi", "server.learning_rate": 0.01},
-                      "server.learning_rate"),
-    "fedprox": Method("FedProx (mu 0.01)", {"algorithm.name": "fedprox",
-                                            "algorithm.prox_mu": 0.01}, "client.learning_rate"),
-    "scaffold": Method("SCAFFOLD (SGD clients)", {"algorithm.name": "scaffold", **SGD},
-                       "client.learning_rate"),
-    "fednova": Method("FedNova (SGD clients)", {"algorithm.name": "fednova", **SGD},
-                      "client.learning_rate"),
+    "fedprox": Method("FedProx (mu 0.01)", DEMO["fedprox"], "client.learning_rate"),
+    "scaffold": Method("SCAFFOLD (SGD clients)", DEMO["scaffold"], "client.learning_rate"),
+    "fednova": Method("FedNova (SGD clients)", DEMO["fednova"], "client.learning_rate"),
     "ties": Method("TIES-merging (density 0.2)", {"aggregation.kind": "ties"},
                    "aggregation.merge_scale"),
     "knots": Method("KnOTS-TIES", {"aggregation.kind": "knots"}, "aggregation.merge_scale"),

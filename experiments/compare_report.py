@@ -13,6 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ATTRS = ("shape", "color", "size", "position", "count")
 TAIL = 0.3   # the oscillation is averaged over the last 30% of rounds
+SCALES = {
+    "small": "30 rounds of 800 example-gradients (20 clients x 5 local steps x batch 8; the "
+             "8 silos: 10 steps x batch 10 on 1,000 rows each; one pass: 600 clients), "
+             "evaluated on 100 clients",
+    "presets": "the scenario presets: 150 rounds of 4,000 example-gradients (100 clients x 5 "
+               "local steps x batch 8), evaluated on 200 clients",
+}
 
 
 def _stats(values) -> str:
@@ -51,14 +58,17 @@ def markdown(report: dict) -> str:
   lines = [
       "# Fed-CMP vs baselines on four Fed-MA scenarios",
       "",
-      f"Written by `experiments/compare_algorithms.py`{' --quick' if s['quick'] else ''}: "
-      f"{s['seeds']} seed(s), mean ± std; "
+      f"Written by `experiments/compare_algorithms.py`{' --quick' if s['quick'] else ''}"
+      f"{' --scale ' + s['scale'] if s.get('scale') and not s['quick'] else ''}"
+      f"{' --workers ' + str(s['workers']) if s.get('workers', 1) > 1 else ''}: "
+      + (SCALES.get(s.get("scale"), "") + "; " if s.get("scale") else "")
+      + f"{s['seeds']} seed(s), mean ± std; "
       + (f"each method tuned on seed 0 over its default learning rate x {s['grid']} "
          "(by final alignment accuracy on the evaluation clients), then run on the other "
          "seeds" if s["tuned"] else "each method at its default learning rate")
-      + f"; {s['devices']} device(s); the runs' own time sums to "
+      + f"; {s['devices']} device(s) per worker; the runs' own time sums to "
       f"{_run_minutes(report):.1f} min (this invocation: {s.get('wall_seconds', 0) / 60:.1f} "
-      "min; finished runs are reused across invocations, data and references are rebuilt).",
+      "min; finished runs and references are reused across invocations).",
       "Columns: alignment accuracy (zero-shot, true caption ranked above every "
       "one-attribute-changed caption), per attribute, caption loss, worst-10% clients' "
       "accuracy, oscillation = mean cosine between consecutive server updates over the last "
