@@ -15,6 +15,9 @@ Presets (the argument after the colon):
                local epoch, each client drawn once: no example is seen twice
   silos        8 large silos, all in every round, one caption style each,
                3 of them keeping only 10% of their captions (mostly unpaired)
+  iid          1,000 IID clients: not a scenario but the budget check (at a
+               budget where IID clients reach the centralized reference, the
+               scenarios' gap to it measures heterogeneity, not budget)
 
 Run:
   python -m fedjax_mm.main --config=configs/scenarios.py:one_pass --workdir=runs/one_pass
@@ -29,7 +32,7 @@ import ml_collections
 from fedjax_mm import config_files
 
 NUM_ROUNDS = 150
-PRESETS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
+PRESETS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos", "iid")
 
 # one_pass: one pass over the population in the round budget needs
 # K >= num_rounds x C; 1% participation would allow only 100 rounds, so the
@@ -64,8 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if preset.startswith("concept_"):
     config = _fedma("dirichlet")
     config.data.partition.alpha = float(preset.split("_")[1])
-  elif preset == "domain":
-    config = _fedma("domain")
+  elif preset in ("domain", "iid"):
+    config = _fedma(preset)
   elif preset == "one_pass":
     config = _fedma("iid")
     config.clients_per_round = ONE_PASS_COHORT

@@ -100,7 +100,7 @@ def _scenario(preset):
 
 
 @pytest.mark.parametrize("preset", ["concept_0.1", "concept_0.5", "domain", "one_pass",
-                                    "silos"])
+                                    "silos", "iid"])
 def test_every_preset_validates_on_the_shared_round_budget(preset):
   config = _scenario(preset)
   configuration.validate(config)
@@ -117,6 +117,8 @@ def test_default_and_concept_presets():
     assert p.kind == "dirichlet" and p.alpha == alpha
   domain = _scenario("domain").data.partition
   assert domain.kind == "iid" and domain.domains_per_client == 1
+  iid = _scenario("iid").data.partition
+  assert iid.kind == "iid" and iid.domains_per_client == 0
 
 
 def test_one_pass_preset_sees_no_example_twice():
@@ -142,5 +144,5 @@ def test_silos_preset():
 
 
 def test_unknown_preset_lists_the_allowed_ones():
-  with pytest.raises(ValueError, match=r"one of \('concept_0\.1', .*'silos'\), got 'cross'"):
+  with pytest.raises(ValueError, match=r"one of \('concept_0\.1', .*'iid'\), got 'cross'"):
     _scenario("cross")
