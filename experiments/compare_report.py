@@ -72,7 +72,8 @@ def markdown(report: dict) -> str:
       "Columns: alignment accuracy (zero-shot, true caption ranked above every "
       "one-attribute-changed caption), per attribute, caption loss, worst-10% clients' "
       "accuracy, oscillation = mean cosine between consecutive server updates over the last "
-      "30% of rounds, seconds per run.",
+      "30% of rounds, seconds per run. \"grid edge\": the best learning rate was an end of "
+      "the grid, so a wider grid might do better.",
   ]
   header = ("| method | lr (tuned field: grid -> chosen) | align acc | "
             + " | ".join(ATTRS) + " | caption loss | worst 10% | update cos | s/run |")
@@ -87,7 +88,10 @@ def markdown(report: dict) -> str:
       grid = ", ".join(f"{lr}: {acc:.3f}" if math.isfinite(acc) else f"{lr}: diverged"
                        for lr, acc in m["grid"].items())
       label = ("ablation: " if m["ablation"] else "") + m["label"]
-      lines.append(_row(label, m["runs"], f"{m['tuned']} {{{grid}}} -> {m['chosen']:.4g}"))
+      points = [float(lr) for lr in m["grid"]]
+      edge = len(points) > 1 and m["chosen"] in (min(points), max(points))
+      lines.append(_row(label, m["runs"], f"{m['tuned']} {{{grid}}} -> {m['chosen']:.4g}"
+                        + (" (grid edge)" if edge else "")))
   if report.get("budget_check"):
     entry = report["budget_check"]
     refs = entry["references"]
