@@ -380,6 +380,7 @@ def main() -> None:
     entries[name] = run_scenario(Scenario(name, base, towers), todo, workdir,
                                              args, seeds=seeds, tune=tune)
   report["scenarios"] = {name: entries[name] for name in names}
+  report["settings"]["not_run"] = [name for name in SCENARIOS if name not in names]
   if not (args.no_budget_check or args.quick):
     name, keys = BUDGET_CHECK
     base = scenario_config(name, args)

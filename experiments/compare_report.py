@@ -75,6 +75,9 @@ def markdown(report: dict) -> str:
       "30% of rounds, seconds per run. \"grid edge\": the best learning rate was an end of "
       "the grid, so a wider grid might do better.",
   ]
+  if s.get("not_run"):
+    lines += ["", f"**Not in this report (not run with this protocol yet):** "
+              f"{', '.join(s['not_run'])}."]
   header = ("| method | lr (tuned field: grid -> chosen) | align acc | "
             + " | ".join(ATTRS) + " | caption loss | worst 10% | update cos | s/run |")
   for name, entry in report["scenarios"].items():
