@@ -377,8 +377,8 @@ def main() -> None:
     todo = {**methods, **(ablations if name in args.ablation_scenarios.split(",") else {})}
     print(f"== {name}: {base.data.num_clients} clients, {base.clients_per_round}/round, "
           f"{base.num_rounds} rounds", flush=True)
-    entries[name] = run_scenario(Scenario(name, base, towers), todo, workdir,
-                                             args, seeds=seeds, tune=tune)
+    entries[name] = run_scenario(Scenario(name, base, towers), todo, workdir, args,
+                                 seeds=seeds, tune=tune)
   report["scenarios"] = {name: entries[name] for name in names}
   report["settings"]["not_run"] = [name for name in SCENARIOS if name not in names]
   if not (args.no_budget_check or args.quick):
