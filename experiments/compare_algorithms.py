@@ -141,38 +141,48 @@ def claim(rundir: Path) -> bool:
   return False
 
 
-def run_one(config, rundir: Path, scenario: "Scenario") -> dict | None:
-  """One federated run, kept in ``rundir/result.json`` (None: another worker has it)."""
-  done = rundir / "result.json"
+def kept(rundir: Path, filename: str, compute) -> dict | None:
+  """``rundir/filename`` (JSON), computed by ``compute()`` under a claim the first time.
+
+  Returns None while another worker holds the claim. The file is written
+  atomically: a reader never sees half of it.
+  """
+  done = rundir / filename
   if done.exists():
     return json.loads(done.read_text())
   if not claim(rundir):
     return None
-  if done.exists():                 # finished between the check and the claim
-    (rundir / "claim").unlink(missing_ok=True)
-    return json.loads(done.read_text())
-  tick = time.perf_counter()
-  try:
-    summary = driver.train_and_evaluate(config, str(rundir), setup=scenario.setup,
-                                        progress=False)
-  except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
-    result = {"diverged": str(e), "final": {}, "curve": [], "cosine": []}
-  else:
-    history = metrics_lib.read(rundir)
-    result = {
-        "final": {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")},
-        "curve": [(h["round"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h],
-        "cosine": [h.get("update_cosine", float("nan")) for h in history],
-    }
-  result["seconds"] = time.perf_counter() - tick
-  result["pid"] = os.getpid()
-  tmp = rundir / "result.json.tmp"     # atomic: a reader never sees half a file
-  tmp.write_text(json.dumps(result))
-  tmp.replace(done)
-  for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
-    shutil.rmtree(ckpt, ignore_errors=True)
+  if not done.exists():             # it may have finished between the check and the claim
+    tmp = rundir / f"{filename}.tmp"
+    tmp.write_text(json.dumps(compute()))
+    tmp.replace(done)
   (rundir / "claim").unlink(missing_ok=True)
-  return result
+  return json.loads(done.read_text())
+
+
+def run_one(config, rundir: Path, scenario: "Scenario") -> dict | None:
+  """One federated run, kept in ``rundir/result.json`` (None: another worker has it)."""
+
+  def compute() -> dict:
+    tick = time.perf_counter()
+    try:
+      summary = driver.train_and_evaluate(config, str(rundir), setup=scenario.setup,
+                                          progress=False)
+    except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
+      result = {"diverged": str(e), "final": {}, "curve": [], "cosine": []}
+    else:
+      history = metrics_lib.read(rundir)
+      result = {
+          "final": {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")},
+          "curve": [(h["round"], h["eval_accuracy"]) for h in history
+                    if "eval_accuracy" in h],
+          "cosine": [h.get("update_cosine", float("nan")) for h in history],
+      }
+    for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
+      shutil.rmtree(ckpt, ignore_errors=True)
+    return {**result, "seconds": time.perf_counter() - tick, "pid": os.getpid()}
+
+  return kept(rundir, "result.json", compute)
 
 
 def accuracy(result: dict) -> float:
@@ -227,17 +237,8 @@ class Scenario:
 
 def scenario_references(scenario: Scenario, rundir: Path, batch: int) -> dict | None:
   """The scenario's references, computed once and kept like a run."""
-  done = rundir / "references.json"
-  if done.exists():
-    return json.loads(done.read_text())
-  if not claim(rundir):
-    return None
-  out = references(scenario.base, scenario.setup, batch)
-  tmp = rundir / "references.json.tmp"
-  tmp.write_text(json.dumps(out))
-  tmp.replace(done)
-  (rundir / "claim").unlink(missing_ok=True)
-  return out
+  return kept(rundir, "references.json",
+              lambda: references(scenario.base, scenario.setup, batch))
 
 
 def method_runs(scenario: Scenario, key: str, method, workdir: Path, *, seeds: int,

@@ -180,7 +180,7 @@ def decomposed(kind: str, deltas: list[jax.Array], globals_: list[jax.Array],
   return [jnp.where(mask[:, None, None], g[None] - d, 0.0) for g, d in zip(globals_, deltas)]
 
 
-def global_matrices(params: PyTree | None, kind: str) -> list[jax.Array]:
+def global_matrices(kind: str, params: PyTree | None) -> list[jax.Array]:
   """The global model's matrix leaves ``[m, n]`` in float32 (needed to decompose weights)."""
   if kind == "updates":
     return []
@@ -224,7 +224,7 @@ def canonical_fusion(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   leaves, treedef = jax.tree.flatten(updates)
   deltas = [jnp.where(mask[:, None, None], as_matrix(x, 1), 0.0).astype(jnp.float32)
             for x in leaves if is_matrix(x, 1)]
-  mats = decomposed(decompose, deltas, global_matrices(params, decompose), mask)
+  mats = decomposed(decompose, deltas, global_matrices(decompose, params), mask)
   grams = [client_gram(x) for x in mats]
   bases = tuple(top_eigenvectors(g, basis_rank(rank, g.shape[0])) for g in grams)
   rho = reliability_scores(reliability, mats, bases if score_bases is None else score_bases, p)

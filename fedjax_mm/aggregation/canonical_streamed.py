@@ -77,7 +77,7 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
     score = tuple(jnp.where(state.has_basis, u, 0.0) for u in state.bases)
     return CanonicalAccumulator(grams, zeros, jnp.zeros(()), jnp.full((), -jnp.inf), zeros,
                                 jnp.zeros(()), score,
-                                tuple(canonical.global_matrices(template, decompose)))
+                                tuple(canonical.global_matrices(decompose, template)))
 
   def accumulate(acc: CanonicalAccumulator, deltas: PyTree, weights: jax.Array):
     mask = weights > 0          # excluded and padding clients arrive with weight 0
