@@ -124,6 +124,36 @@ def test_captioning_loss_matches_numpy(lm_params):
     np.testing.assert_allclose(got[i], np.mean(nll), rtol=1e-5)
 
 
+def test_token_layout_no_bos_two_sep_tokens(lm_params):
+  # A real LM's layout: no BOS, a two-token prompt between image and caption,
+  # a pad id that is not 0 (0 here is an ordinary word, and must be scored).
+  layout = mllm.TokenLayout(bos=None, sep=(7, 9), pad=11)
+  task = _task(lm_params, layout=layout)
+  trainable = task.init_trainable(jax.random.key(2))
+  batch = _batch(jax.random.key(3))
+  tokens = np.asarray(batch["tokens"]).copy()
+  tokens[tokens == 11] = 12              # word 11 becomes the pad id
+  tokens[tokens == PAD] = 11
+  tokens[:, 0] = 0                       # word 0 (= synthetic PAD) is a real target now
+  got = np.asarray(task.per_example_loss(trainable, task.frozen, dict(batch, tokens=tokens)))
+  proj = Projector(out_dim=D, output_scale=embedding_rms(lm_params).item())
+  prefix = jax.jit(proj.apply)({"params": trainable["projector"]}, batch["vis"])
+  b, l = tokens.shape
+  text_in = np.concatenate([np.tile([7, 9], (b, 1)), tokens[:, :-1]], 1)
+  emb = _lm_apply({"params": lm_params}, jnp.asarray(text_in), method=CausalLM.embed)
+  logits, _ = _lm_apply({"params": lm_params}, jnp.concatenate([prefix, emb], 1),
+                        method=CausalLM.forward_embeddings)
+  logits = np.asarray(logits, np.float64)
+  for i in range(b):
+    n = int(np.sum(tokens[i] != 11))
+    rows = logits[i, N + 1:N + 1 + n]    # the second sep token's output predicts w1
+    lse = np.log(np.sum(np.exp(rows - rows.max(-1, keepdims=True)), -1)) + rows.max(-1)
+    np.testing.assert_allclose(got[i], np.mean(lse - rows[np.arange(n), tokens[i, :n]]),
+                               rtol=1e-5)
+  with pytest.raises(ValueError, match="sep"):
+    mllm.TokenLayout(sep=())
+
+
 def test_loss_ignores_pad_and_missing_captions(lm_params):
   task = _task(lm_params)
   trainable = task.init_trainable(jax.random.key(2))

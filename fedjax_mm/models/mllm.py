@@ -16,7 +16,9 @@ carries features, not pixels:
 Captioning (LLaVA stage-1): the LM reads ``[BOS] + projector(vis) +
 embed([SEP, w1 .. wk])`` and is scored on predicting ``w1 .. wk EOS`` —
 exactly the ``BOS <caption A> SEP <caption B> EOS`` paraphrase-pair format the
-LM was pretrained on, with the visual prefix in the place of caption A.
+LM was pretrained on, with the visual prefix in the place of caption A. A
+:class:`TokenLayout` names those tokens for another LM (a real one puts a
+few prompt tokens where SEP is, e.g. ``"\nCaption:"``).
 
 Contrastive (CLIP-style InfoNCE): mean-pooled projected visual tokens against
 the frozen LM's mean-pooled hidden states of the caption.
@@ -58,9 +60,33 @@ OBJECTIVES = ("captioning", "contrastive")
 _MASKED_LOGIT = -1e9
 
 
-def _append_left(token: int, tokens: jax.Array) -> jax.Array:
-  """``[B, L]`` -> ``[B, L + 1]`` with ``token`` in front."""
-  return jnp.concatenate([jnp.full(tokens.shape[:-1] + (1,), token, tokens.dtype), tokens], -1)
+def _append_left(front: Sequence[int], tokens: jax.Array) -> jax.Array:
+  """``[B, L]`` -> ``[B, len(front) + L]`` with the ``front`` tokens first."""
+  lead = jnp.broadcast_to(jnp.asarray(front, tokens.dtype), tokens.shape[:-1] + (len(front),))
+  return jnp.concatenate([lead, tokens], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """The special tokens around the visual prefix and the caption.
+
+  The LM reads ``[bos] + projector(vis) + embed(sep + w1 .. wk)`` and is
+  scored on ``w1 .. wk eos``; captions are stored as ``w1 .. wk eos pad ..``.
+
+  Attributes:
+    bos: token before the visual prefix (``None``: no BOS).
+    sep: tokens between the image and the caption (at least one: the last
+      one's output predicts ``w1``).
+    pad: caption padding, masked out of every loss.
+  """
+
+  bos: int | None = BOS
+  sep: tuple[int, ...] = (SEP,)
+  pad: int = PAD
+
+  def __post_init__(self):
+    if not self.sep:
+      raise ValueError("TokenLayout.sep: needs at least one token (it predicts the first word)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,21 +94,28 @@ class MLLM:
   """Frozen LM + trainable projector; pure functions of explicit params.
 
   Attributes:
-    lm: the frozen language model's module.
+    lm: the frozen language model's module (``embed`` / ``forward_embeddings``
+      as :class:`~fedjax_mm.models.language.CausalLM`).
     projector: the projector module.
-    prefix_bos: put BOS before the visual prefix (matches LM pretraining).
+    layout: special tokens (default: the synthetic world's LM, BOS before the
+      visual prefix and SEP after it, as in its pretraining).
   """
 
   lm: CausalLM
   projector: Projector
-  prefix_bos: bool = True
+  layout: TokenLayout = TokenLayout()
+
+  def _embed(self, lm_params: PyTree, tokens: jax.Array) -> jax.Array:
+    return self.lm.apply({"params": lm_params}, tokens, method=type(self.lm).embed)
+
+  def _forward(self, lm_params: PyTree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.lm.apply({"params": lm_params}, x, method=type(self.lm).forward_embeddings)
 
   def prefix(self, proj_params: PyTree, lm_params: PyTree, vis: jax.Array) -> jax.Array:
     """Visual prefix embeddings ``[B, (1 +) N', D]``."""
     x = self.projector.apply({"params": proj_params}, vis)
-    if self.prefix_bos:
-      bos = self.lm.apply({"params": lm_params}, jnp.full((x.shape[0], 1), BOS, jnp.int32),
-                          method=CausalLM.embed)
+    if self.layout.bos is not None:
+      bos = self._embed(lm_params, jnp.full((x.shape[0], 1), self.layout.bos, jnp.int32))
       x = jnp.concatenate([bos.astype(x.dtype), x], axis=1)
     return x
 
@@ -97,15 +130,19 @@ class MLLM:
 
     Returns:
       ``(nll [B, L], mask [B, L])``: ``nll[b, i]`` is ``-log p(tokens[b, i] |
-      prefix, SEP, tokens[b, :i])``; ``mask`` is 1.0 on non-PAD targets.
+      prefix, sep, tokens[b, :i])``; ``mask`` is 1.0 on non-pad targets.
     """
-    text_in = _append_left(SEP, tokens)[:, :-1]
-    emb = self.lm.apply({"params": lm_params}, text_in, method=CausalLM.embed)
+    sep = self.layout.sep
+    text_in = _append_left(sep, tokens)[:, :-1]
+    emb = self._embed(lm_params, text_in)
     seq = jnp.concatenate([prefix, emb.astype(prefix.dtype)], axis=1)
-    logits, _ = self.lm.apply({"params": lm_params}, seq, method=CausalLM.forward_embeddings)
-    logp = jax.nn.log_softmax(logits[:, prefix.shape[1]:].astype(jnp.float32), axis=-1)
+    logits, _ = self._forward(lm_params, seq)
+    # The output at the last sep token predicts w1.
+    first = prefix.shape[1] + len(sep) - 1
+    logits = logits[:, first:first + tokens.shape[1]]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-    return nll, (tokens != PAD).astype(jnp.float32)
+    return nll, (tokens != self.layout.pad).astype(jnp.float32)
 
   def captioning_loss(self, proj_params: PyTree, lm_params: PyTree, batch: Batch) -> jax.Array:
     """Mean NLL per valid caption token, ``[B]``; 0 where ``has_caption`` is False."""
@@ -120,10 +157,11 @@ class MLLM:
   def text_embedding(self, lm_params: PyTree, tokens: jax.Array) -> jax.Array:
     """Mean of the LM's final hidden states over ``BOS w1 .. wk EOS``, ``[..., D]``."""
     lead = tokens.shape[:-1]
-    text = _append_left(BOS, tokens.reshape(-1, tokens.shape[-1]))
-    emb = self.lm.apply({"params": lm_params}, text, method=CausalLM.embed)
-    _, hidden = self.lm.apply({"params": lm_params}, emb, method=CausalLM.forward_embeddings)
-    mask = (text != PAD).astype(hidden.dtype)[..., None]
+    text = tokens.reshape(-1, tokens.shape[-1])
+    if self.layout.bos is not None:
+      text = _append_left((self.layout.bos,), text)
+    _, hidden = self._forward(lm_params, self._embed(lm_params, text))
+    mask = (text != self.layout.pad).astype(hidden.dtype)[..., None]
     pooled = jnp.sum(hidden * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0)
     return pooled.reshape(lead + pooled.shape[-1:])
 
@@ -248,7 +286,8 @@ def fedma_task(lm: CausalLM, lm_params: PyTree, *, vis_dim: int, num_vis_tokens:
                projector_kind: str = "mlp2x_gelu", pool_to: int | None = None,
                hidden_dim: int | None = None, objective: str = "captioning",
                temperature: float = 0.07, attribute_names: Sequence[str] = (),
-               prefix_bos: bool = True, output_scale: float | None = None) -> Task:
+               layout: TokenLayout = TokenLayout(), output_scale: float | None = None,
+               lm_width: int | None = None) -> Task:
   """The Fed-MA task: train a projector into a frozen LM on cached features.
 
   Args:
@@ -261,9 +300,10 @@ def fedma_task(lm: CausalLM, lm_params: PyTree, *, vis_dim: int, num_vis_tokens:
     objective: ``'captioning'`` (LLaVA stage-1) or ``'contrastive'``.
     temperature: InfoNCE temperature (contrastive only).
     attribute_names: attribute index -> name, for ``acc_<name>`` metrics.
-    prefix_bos: BOS before the visual prefix.
+    layout: the LM's special tokens around image and caption.
     output_scale: projector output scale at init; ``None`` uses the RMS of
       the LM's token embeddings.
+    lm_width: the LM's embedding width (``None``: ``lm.width``).
 
   Returns:
     A :class:`Task` with ``trainable = {'projector': params}`` and ``frozen =
@@ -277,9 +317,9 @@ def fedma_task(lm: CausalLM, lm_params: PyTree, *, vis_dim: int, num_vis_tokens:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
   if output_scale is None:
     output_scale = float(embedding_rms(lm_params))
-  projector = Projector(kind=projector_kind, out_dim=lm.width, hidden_dim=hidden_dim,
-                        pool_to=pool_to, output_scale=output_scale)
-  model = MLLM(lm=lm, projector=projector, prefix_bos=prefix_bos)
+  projector = Projector(kind=projector_kind, out_dim=lm_width or lm.width,
+                        hidden_dim=hidden_dim, pool_to=pool_to, output_scale=output_scale)
+  model = MLLM(lm=lm, projector=projector, layout=layout)
   score = "nll" if objective == "captioning" else "similarity"
 
   def init_trainable(key: jax.Array) -> PyTree:
