@@ -19,7 +19,7 @@ from fedjax_mm.data import federated
 from fedjax_mm.server import fedopt, orthogonal_momentum
 from fedjax_mm.simulation import round as round_lib
 
-DATASETS = ("synthetic", "world")
+DATASETS = ("synthetic", "world", "real")
 WEIGHTINGS = ("num_examples", "uniform", "custom")
 CANONICAL_PATHS = ("auto", "stacked", "streamed")
 
@@ -235,6 +235,32 @@ def _validate_world(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.partition: {e}") from None
 
 
+def _validate_real(config: ml_collections.ConfigDict) -> None:
+  from fedjax_mm.setups import fedma_real
+  _number(config, "data.labelled_examples", lambda v: v >= 0, ">= 0 (0 = the whole split)",
+          integer=True)
+  _one_of(config, "data.labelled", ("fashion_mnist_captions", "fashion_mnist"))
+  _one_of(config, "data.captioned", ("tux_paint_stamps", ""))
+  _one_of(config, "data.feature_dtype", tuple(fedma_real.FEATURE_DTYPES))
+  _number(config, "data.eval_clients", lambda v: v >= 0, ">= 0 (0 = all clients)",
+          integer=True)
+  _one_of(config, "data.partition.kind", ("iid", "dirichlet"))
+  _number(config, "data.partition.alpha", lambda v: v > 0, "> 0")
+  _one_of(config, "model.objective", ("captioning",))
+  _one_of(config, "model.vision_tokens", fedma_real.VISION_TOKENS)
+  _number(config, "model.lm_layers", lambda v: 0 <= v <= fedma_real.LM_LAYERS,
+          f"in [0, {fedma_real.LM_LAYERS}] (0 = all)", integer=True)
+  _one_of(config, "model.lm_dtype", tuple(fedma_real.LM_DTYPES))
+  _number(config, "model.max_caption_tokens", lambda v: v >= 2, ">= 2 (a word and the end)",
+          integer=True)
+  if not isinstance(config.model.prompt, str) or not config.model.prompt:
+    raise ConfigError("config.model.prompt: must be a non-empty string (its last token's "
+                      f"output predicts the caption's first word), got {config.model.prompt!r}")
+  _one_of(config, "model.projector.kind", ("linear", "mlp2x_gelu"))
+  _number(config, "model.projector.hidden_dim", lambda v: v >= 0, ">= 0 (0 = LM width)",
+          integer=True)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` on the first invalid field."""
   _number(config, "seed", lambda v: v >= 0, ">= 0", integer=True)
@@ -268,6 +294,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f">= data.min_size={config.data.min_size}", integer=True)
   if config.data.name == "world":
     _validate_world(config)
+  if config.data.name == "real":
+    _validate_real(config)
   _number(config, "data.test_fraction", lambda v: 0 < v < 1, "in (0, 1)")
   _one_of(config, "local.mode", federated.LOCAL_MODES)
   _number(config, "local.num_steps", lambda v: v >= 1, ">= 1", integer=True)

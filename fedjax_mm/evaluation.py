@@ -31,6 +31,9 @@ def build_eval_fn(task: Task, data: federated.FederatedData, batch_size: int
   Returns:
     ``eval_fn(trainable, data, frozen=None)`` returning ``{'count': [K], name: [K] for every metric of the
     task}``: sums over each client's examples (divide by count for means).
+    Under ``jax.jit`` pass ``frozen`` (``task.frozen``) explicitly for real
+    towers: the default closes over it, making the weights compile-time
+    constants (minutes of constant folding for a 135M-parameter LM).
   """
   num_examples, num_clients = data.num_examples, data.num_clients
   num_batches = max(-(-num_examples // batch_size), 1)
@@ -76,10 +79,12 @@ def summarize(per_client: dict[str, np.ndarray], worst_fraction: float = 0.1
   count = np.asarray(per_client["count"], np.float64)
   has = count > 0
   total = max(count.sum(), 1.0)
-  acc = np.asarray(per_client["accuracy"], np.float64)[has] / count[has]
-  worst = np.sort(acc)[:max(int(np.ceil(worst_fraction * acc.size)), 1)]
   overall = {name: float(np.sum(values) / total)
              for name, values in per_client.items() if name != "count"}
+  if "accuracy" not in per_client:        # e.g. caption loss only
+    return overall
+  acc = np.asarray(per_client["accuracy"], np.float64)[has] / count[has]
+  worst = np.sort(acc)[:max(int(np.ceil(worst_fraction * acc.size)), 1)]
   return {
       **overall,
       "client_accuracy_mean": float(acc.mean()) if acc.size else float("nan"),

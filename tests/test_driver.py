@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_mm import config_files, configuration, setups
+from fedjax_mm import config_files, configuration, evaluation, setups
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import builders, driver, run_config
 from fedjax_mm.types import Task
@@ -132,3 +132,17 @@ def test_demo_rows_are_labelled_by_what_ran():
   config.server.optimizer, config.algorithm.name = "fedavg", "fednova"
   config.client.optimizer, config.aggregation.kind = "sgd", "median"
   assert demo.method_label(config) == "FedNova (SGD clients), median"
+
+
+def test_return_trainable_is_the_model_the_final_eval_scored(tmp_path):
+  config = _small_config(num_rounds=2)
+  setup = setups.build(config)
+  summary, trainable = driver.train_and_evaluate(config, str(tmp_path), progress=False,
+                                                 setup=setup, return_trainable=True)
+  eval_fn = jax.jit(evaluation.build_eval_fn(setup.task, setup.test, config.eval_batch_size))
+  again = evaluation.summarize(jax.device_get(eval_fn(trainable, jax.device_put(setup.test))))
+  assert again["accuracy"] == pytest.approx(summary["final"]["eval_accuracy"], abs=1e-6)
+  assert again["loss"] == pytest.approx(summary["final"]["eval_loss"], rel=1e-6)
+  init = setup.task.init_trainable(jax.random.key(0))
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trainable),
+                                                   jax.tree.leaves(init)))

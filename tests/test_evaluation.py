@@ -119,6 +119,12 @@ def test_summarize_hand_computed():
   assert all(isinstance(v, float) for v in s.values())
 
 
+def test_summarize_without_accuracy_gives_the_means_only():
+  # A caption-loss-only task (e.g. the real setup's held-out stamps).
+  per_client = {k: v for k, v in _hand_per_client().items() if k != "accuracy"}
+  assert evaluation.summarize(per_client) == {"loss": pytest.approx(24 / 50)}
+
+
 def test_summarize_worst_fraction_and_ordering():
   s = evaluation.summarize(_hand_per_client(), worst_fraction=0.3)
   # ceil(0.3 * 11) = 4 worst: 0, .5, .5, .5.

@@ -1,54 +1,24 @@
 """Real-data builders on tiny fixtures: stamps, IDX Fashion-MNIST, tfds mock, packing."""
 
-import gzip
-
 import numpy as np
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 Image = pytest.importorskip("PIL.Image")
 
+import real_fixtures  # noqa: E402  (tests/ is on sys.path under pytest)
 from fedjax_mm.data import partition  # noqa: E402
 from fedjax_mm.data import real_sources as rs  # noqa: E402
 from fedjax_mm.data import tfds as fdt  # noqa: E402
 
-# The real layout: <category>/<...>/<name>.png next to <name>.txt whose first line
-# is English, the others translations. Paths chosen so the 10% hash split has both.
-STAMPS = {"animals/birds/blackbird.png": ("RGBA", "A blackbird."),
-          "food/fruit/cherimoya.png": ("RGB", "A cherimoya fruit."),
-          "animals/hen.png": ("P", "A hen.")}
+STAMPS = real_fixtures.STAMPS
 SIZE = 16
-
-
-def _write_stamp(root, rel, mode, caption):
-  path = root / rel
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.with_suffix(".txt").write_text(f"{caption}\nfr.utf8=Traduction.\nde.utf8=X.\n",
-                                      encoding="utf-8")
-  # 8 wide, 4 high: left half opaque red, right half transparent *black*.
-  rgba = np.zeros((4, 8, 4), np.uint8)
-  rgba[:, :4] = (255, 0, 0, 255)
-  image, options = Image.fromarray(rgba, "RGBA"), {}
-  if mode == "RGB":
-    image = image.convert("RGB")  # no alpha: the black half stays black
-  elif mode == "P":  # a palette whose black entry is marked transparent
-    image = image.convert("RGB").quantize(colors=2)
-    options["transparency"] = int(np.asarray(image)[0, 7])
-  image.save(path, **options)
+_idx = real_fixtures.idx
 
 
 @pytest.fixture(scope="module")
 def stamps_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("stamps")
-  for rel, (mode, caption) in STAMPS.items():
-    _write_stamp(root, rel, mode, caption)
-  _write_stamp(root, "symbols/math/plus.png", "RGBA", "A plus sign.")  # skipped
-  (root / "plants").mkdir()
-  (root / "plants/tree.svg").write_text("<svg/>")  # SVG only: skipped
-  (root / "plants/tree.txt").write_text("A tree.\n")
-  (root / "animals/birds/blackbird_mirror.png").write_bytes(
-      (root / "animals/birds/blackbird.png").read_bytes())  # no .txt: not a stamp
-  return root
+  return real_fixtures.write_stamps(tmp_path_factory.mktemp("stamps"))
 
 
 def test_stamp_files_and_split(stamps_dir):
@@ -89,27 +59,13 @@ def test_stamps_build_and_load(stamps_dir, tmp_path):
                   source_dir=str(stamps_dir), templates=("A {}.",))
 
 
-def _idx(array, type_code):
-  header = bytes([0, 0, type_code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-  return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("fashion")
   rng = np.random.default_rng(0)
-  for stem, n in (("train", 12), ("t10k", 6)):
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = np.array([0, 8, 9] * (n // 3), np.uint8)  # T-shirt/top, Bag, Ankle boot
-    files = {f"{stem}-images-idx3-ubyte": _idx(images, 0x08),
-             f"{stem}-labels-idx1-ubyte": _idx(labels, 0x08)}
-    for name, data in files.items():  # gzipped for train, plain for test
-      if stem == "train":
-        (root / f"{name}.gz").write_bytes(gzip.compress(data))
-      else:
-        (root / name).write_bytes(data)
-    np.save(root / f"{stem}.npy", images)
-  return root
+  splits = {stem: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                   [0, 8, 9] * (n // 3))  # T-shirt/top, Bag, Ankle boot
+            for stem, n in (("train", 12), ("t10k", 6))}
+  return real_fixtures.write_fashion(tmp_path_factory.mktemp("fashion"), splits)
 
 
 def test_read_idx_and_articles(fashion_dir, tmp_path):

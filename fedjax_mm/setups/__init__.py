@@ -39,4 +39,8 @@ def build(config: ml_collections.ConfigDict, *, progress: bool = True) -> Setup:
   if name == "world":
     from fedjax_mm.setups import fedma
     return fedma.build(config, progress=progress)
-  raise ValueError(f"config.data.name must be one of ('synthetic', 'world'), got {name!r}")
+  if name == "real":
+    from fedjax_mm.setups import fedma_real
+    return fedma_real.build(config, progress=progress)
+  raise ValueError(f"config.data.name must be one of ('synthetic', 'world', 'real'), "
+                   f"got {name!r}")

@@ -53,8 +53,9 @@ def check_round(record: dict[str, Any], config: ml_collections.ConfigDict) -> No
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, progress: bool = True,
-                       setup: setups.Setup | None = None) -> dict[str, Any]:
+                       *, progress: bool = True, setup: setups.Setup | None = None,
+                       return_trainable: bool = False
+                       ) -> dict[str, Any] | tuple[dict[str, Any], Any]:
   """Runs (or resumes) a federated training run in ``workdir``.
 
   Args:
@@ -63,9 +64,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     progress: show progress bars.
     setup: a prebuilt :class:`setups.Setup` for this config (experiments
       that compare several runs on one world reuse it); built if None.
+    return_trainable: also return the final global trainable parameters
+      (e.g. to generate captions with them).
 
   Returns:
-    The summary also written to ``workdir/summary.json``.
+    The summary also written to ``workdir/summary.json``; with
+    ``return_trainable``, ``(summary, trainable)``.
   """
   # --- Config: all checks before any compute. -------------------------------
   configuration.validate(config)
@@ -192,4 +196,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "setup": setup_info,
   }
   metrics_lib.write_summary(workdir, summary)
+  if return_trainable:
+    return summary, jax.device_get(run_state["server"].trainable)
   return summary

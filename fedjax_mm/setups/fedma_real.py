@@ -1,0 +1,291 @@
+"""Fed-MA with real towers and real data (LLaVA stage-1 across silos).
+
+Frozen EfficientNet-Lite0 (ImageNet) features, computed once and cached,
+pooled to a few visual tokens -> a trainable ``mlp2x_gelu`` projector
+(1280 -> 576 -> 576) -> frozen SmolLM2-135M-Instruct, trained on the caption
+tokens. Clients hold Fashion-MNIST rows (template captions over the class
+names; a Dirichlet mixture over classes) and Tux Paint stamps (hand-written
+captions; a Dirichlet mixture over stamp categories). The clients' own
+held-out Fashion-MNIST rows are the test set: the loss of each row's
+canonical class caption ("A photo of a bag."), and zero-shot classification
+by caption likelihood over the ten canonical class captions (chance 0.10). Held-out stamps (their own test split) are scored separately
+(:func:`stamp_test`).
+
+The LM reads ``[bos] + projector(vis) + embed(prompt) + caption``; the prompt
+(``config.model.prompt``, default a newline) plays the part of SEP in the
+synthetic world's layout (:class:`fedjax_mm.models.mllm.TokenLayout`).
+
+References:
+  Liu et al., "Visual Instruction Tuning" (LLaVA), NeurIPS 2023. Tan & Le,
+  "EfficientNet", ICML 2019. Allal et al., "SmolLM2", arXiv:2502.02737,
+  2025. Xiao et al., "Fashion-MNIST", arXiv:1708.07747, 2017.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedjax_mm.data import federated, partition, real_sources
+from fedjax_mm.models import mllm
+from fedjax_mm.models.projector import Projector
+from fedjax_mm.real import assets, bpe, efficientnet, smollm
+from fedjax_mm.setups import Setup
+from fedjax_mm.types import Task
+
+FEATURE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
+LM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Seed offsets: disjoint draws from one config seed.
+_LABELLED_SPLIT, _CAPTIONED_SPLIT = 22, 33
+# Stored image side per local source (Fashion-MNIST is 28x28 natively; the
+# stamps builder stores 64x64). The vision tower resizes to 224 either way.
+# The 7x7 map average-pooled to g x g tokens (efficientnet.encode's grids).
+VISION_TOKENS = (1, 4, 9, 16, 25, 36, 49)
+LM_LAYERS = 30                          # SmolLM2-135M
+IMAGE_SIZES = {"fashion_mnist_captions": 28, "fashion_mnist": 28, "tux_paint_stamps": 64}
+
+
+def data_dir(config: ml_collections.ConfigDict) -> Path:
+  return Path(config.data.data_dir) if config.data.data_dir else assets.cache_dir() / "tfds"
+
+
+def cached_array(directory: Path, key: dict[str, Any], compute: Callable[[], np.ndarray]
+                 ) -> np.ndarray:
+  """``compute()`` saved once under ``directory/<hash of key>.npy`` (atomic write)."""
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  path = directory / f"{key.get('name', 'array')}-{digest}.npy"
+  if path.exists():
+    return np.load(path)
+  value = np.asarray(compute())
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+  np.save(tmp, value)
+  os.replace(tmp, path)
+  return value
+
+
+class Towers(NamedTuple):
+  """The frozen towers and the LM's text side."""
+  lm: smollm.Llama
+  lm_params: Any
+  tokenizer: Any
+  special: bpe.SpecialTokens
+  vision: Any                           # EfficientNet-Lite0 variables
+
+
+def build_towers(config: ml_collections.ConfigDict) -> Towers:
+  """Loads both towers from the fetched assets (offline; a clear error if missing)."""
+  dtype = LM_DTYPES[config.model.lm_dtype]
+  lm, params, tokenizer, special = smollm.load(num_layers=config.model.lm_layers or None,
+                                               dtype=dtype)
+  if dtype != jnp.float32:
+    # Frozen weights stored in the compute dtype: half the memory and bandwidth.
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+  return Towers(lm, params, tokenizer, special, efficientnet.load_params())
+
+
+def layout(config: ml_collections.ConfigDict, towers: Towers) -> mllm.TokenLayout:
+  """``<|endoftext|>`` image ``prompt`` caption ``<|endoftext|>``, padded with ``<|im_end|>``.
+
+  SmolLM2 adds no BOS to plain text; its pretraining documents are separated
+  by ``<|endoftext|>``, so a sequence that starts with one and whose caption
+  ends with one is in the LM's own format. Padding uses the model's pad id
+  (``<|im_end|>``), which no caption contains.
+  """
+  s = towers.special
+  prompt = towers.tokenizer.encode(config.model.prompt, add_special_tokens=False).ids
+  return mllm.TokenLayout(bos=s.endoftext, sep=tuple(prompt), pad=s.pad)
+
+
+def tokenize(towers: Towers, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+  """Captions -> int32 ``[N, L]``: ``w1 .. wk <|endoftext|> pad ..``, L = longest.
+
+  Captions longer than ``max_tokens - 1`` words are cut (the end token kept).
+  """
+  eos, pad = towers.special.endoftext, towers.special.pad
+  ids = [e.ids[:max_tokens - 1] + [eos]
+         for e in towers.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+  out = np.full((len(ids), max(map(len, ids), default=1)), pad, np.int32)
+  for i, row in enumerate(ids):
+    out[i, :len(row)] = row
+  return out
+
+
+def zero_shot_probes(towers: Towers, labels: np.ndarray, class_names: Sequence[str],
+                     max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's ten class captions, its own class first: ``[N, C, L]``, ``[N, C]``.
+
+  Every candidate uses the first template ("A photo of a sneaker."), so the
+  candidates differ only in the class noun; ``probe_attr`` is -1 for the true
+  caption and 0 ("class") for the others, as :func:`mllm.alignment_metrics`
+  expects.
+  """
+  names = [real_sources.FASHION_TEMPLATES[0].format(
+      real_sources.with_article(real_sources.class_noun(n))) for n in class_names]
+  table = tokenize(towers, names, max_tokens)                          # [C, L]
+  c = len(class_names)
+  # Row y: y first, then the other classes in order.
+  order = np.array([[y] + [k for k in range(c) if k != y] for y in range(c)])
+  probes = table[order[labels]]
+  attr = np.zeros((len(labels), c), np.int32)
+  attr[:, 0] = -1
+  return probes, attr
+
+
+def _class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  name = config.data.labelled
+  if name in ("fashion_mnist_captions", "fashion_mnist"):
+    return real_sources.FASHION_CLASSES
+  raise ValueError(f"config.data.labelled: zero-shot classes are known for "
+                   f"('fashion_mnist_captions', 'fashion_mnist'), got {name!r}")
+
+
+def encoded(config: ml_collections.ConfigDict, towers: Towers, name: str, split: str,
+            limit: int | None) -> dict[str, np.ndarray]:
+  """Captions, labels and cached vision features of one source split.
+
+  Features are computed once per (source, split, rows, tokens) and cached as
+  ``.npy`` under ``$FEDJAX_MM_CACHE/real/features``; a later run (another
+  algorithm, another partition) reads them back instead of running the tower.
+  """
+  source = {config.data.labelled: config.data.labelled_source,
+            config.data.captioned: config.data.captioned_source}.get(name) or None
+  pairs = real_sources.load_pairs(name, split, data_dir(config), image_size=IMAGE_SIZES.get(
+      name, 64), limit=limit, seed=config.seed, source_dir=source)
+  key = {"name": f"{name.replace('/', '_')}-{split}", "rows": len(pairs["label"]),
+         "tokens": config.model.vision_tokens, "seed": config.seed,
+         "images": hashlib.sha256(pairs["image"].tobytes()).hexdigest()}
+  vis = cached_array(assets.cache_dir() / "features", key, lambda: efficientnet.encode(
+      towers.vision, pairs["image"], pool_to=config.model.vision_tokens, batch_size=64))
+  return dict(pairs, vis=vis.astype(FEATURE_DTYPES[config.data.feature_dtype]))
+
+
+def _client_ids(config: ml_collections.ConfigDict, concepts: np.ndarray, seed: int
+                ) -> np.ndarray:
+  p = config.data.partition
+  spec = {"kind": p.kind, **({"alpha": p.alpha} if p.kind == "dirichlet" else {})}
+  return partition.partition(spec, num_clients=config.data.num_clients, concepts=concepts,
+                             seed=seed).client_ids
+
+
+def _held_out(client_ids: np.ndarray, fraction: float, num_clients: int) -> np.ndarray:
+  """Rows each client holds out: the last ``floor(fraction * n)`` of its rows
+  (at least one when it has two or more), in row order."""
+  test = np.zeros(client_ids.shape, bool)
+  for k in range(num_clients):
+    rows = np.flatnonzero(client_ids == k)
+    n_test = min(max(int(fraction * rows.size), int(rows.size >= 2)), max(rows.size - 1, 0))
+    test[rows[rows.size - n_test:]] = True
+  return test
+
+
+def build(config: ml_collections.ConfigDict, *, progress: bool = True,
+          towers: Towers | None = None) -> Setup:
+  """The real Fed-MA :class:`Setup` of a config (``configs/fedma_real.py``)."""
+  del progress  # the towers are loaded, not trained
+  start = time.perf_counter()
+  towers = towers or build_towers(config)
+  towers_s = time.perf_counter() - start
+  d, max_tokens = config.data, config.model.max_caption_tokens
+  k = d.num_clients
+  labelled = encoded(config, towers, d.labelled, "train", d.labelled_examples or None)
+  label_ids = _client_ids(config, labelled["label"], config.seed + _LABELLED_SPLIT)
+  held = _held_out(label_ids, d.test_fraction, k) & (label_ids >= 0)
+  rows = {"vis": [labelled["vis"][~held]], "caption": [labelled["caption"][~held]]}
+  owners = [label_ids[~held]]
+  if d.captioned:
+    captioned = encoded(config, towers, d.captioned, "train", None)
+    rows["vis"].append(captioned["vis"])
+    rows["caption"].append(captioned["caption"])
+    owners.append(_client_ids(config, np.maximum(captioned["label"], 0),
+                              config.seed + _CAPTIONED_SPLIT))
+  train_rows = {"vis": np.concatenate(rows["vis"]),
+                "tokens": tokenize(towers, np.concatenate(rows["caption"]), max_tokens)}
+  train_rows["has_caption"] = np.ones(len(train_rows["tokens"]), bool)
+  train = partition.pack_assigned(train_rows, np.concatenate(owners), k)
+
+  probes, probe_attr = zero_shot_probes(towers, labelled["label"][held], _class_names(config),
+                                        max_tokens)
+  # A held-out row is scored on its class's canonical caption (probe 0, "A
+  # photo of a bag."), whatever template its caption was drawn from: the
+  # caption loss and the zero-shot ranking then read the same LM pass, and
+  # the loss does not depend on which template a row happened to get.
+  test = partition.pack_assigned(
+      {"vis": labelled["vis"][held], "tokens": probes[:, 0],
+       "has_caption": np.ones(int(held.sum()), bool), "probes": probes,
+       "probe_attr": probe_attr}, label_ids[held], k)
+  if 0 < d.eval_clients < k:
+    ids = np.random.default_rng(config.seed + 1).choice(k, d.eval_clients, replace=False)
+    test = federated.select_clients(test, np.sort(ids))
+  task = make_task(config, towers)
+  info = {"towers_seconds": towers_s, "data_seconds": time.perf_counter() - start - towers_s,
+          "client_examples": int(train.num_examples + test.num_examples),
+          "clients_with_data": int(np.sum(np.asarray(train.sizes) > 0)),
+          "train_rows": {"labelled": int((~held & (label_ids >= 0)).sum()),
+                         "captioned": int(train.num_examples - (~held & (label_ids >= 0)).sum())},
+          "test_rows": int(test.num_examples), "lm_layers": towers.lm.config.num_layers
+          if towers.lm.num_layers is None else towers.lm.num_layers,
+          "vision_tokens": config.model.vision_tokens}
+  return Setup(train=train, test=test, task=task, info=info)
+
+
+def make_task(config: ml_collections.ConfigDict, towers: Towers) -> Task:
+  p = config.model.projector
+  task = mllm.fedma_task(
+      towers.lm, towers.lm_params, vis_dim=efficientnet.FEATURE_DIM,
+      num_vis_tokens=config.model.vision_tokens, projector_kind=p.kind,
+      hidden_dim=p.hidden_dim or None, objective=config.model.objective,
+      layout=layout(config, towers), lm_width=towers.lm.config.width)
+  return task._replace(example_mask=lambda batch: batch["has_caption"])
+
+
+def stamp_test(config: ml_collections.ConfigDict, towers: Towers) -> dict[str, np.ndarray]:
+  """The captioned source's own test split as one batch (caption loss, samples)."""
+  rows = encoded(config, towers, config.data.captioned, "test", None)
+  return {"vis": rows["vis"], "caption": rows["caption"],
+          "tokens": tokenize(towers, rows["caption"], config.model.max_caption_tokens),
+          "has_caption": np.ones(len(rows["caption"]), bool)}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_ids"))
+def _generate(model: mllm.MLLM, proj_params: Any, lm_params: Any, vis: jax.Array, *,
+              max_new_tokens: int, stop_ids: tuple[int, ...]) -> jax.Array:
+  prefix = model.prefix(proj_params, lm_params, vis)
+  sep = jnp.broadcast_to(jnp.asarray(model.layout.sep, jnp.int32),
+                         (vis.shape[0], len(model.layout.sep)))
+  prompt = model.lm.apply({"params": lm_params}, sep, method=smollm.Llama.embed)
+  return smollm.greedy_generate(model.lm, lm_params,
+                                jnp.concatenate([prefix, prompt.astype(prefix.dtype)], 1),
+                                max_new_tokens, stop_ids)
+
+
+def generate_captions(config: ml_collections.ConfigDict, towers: Towers, trainable: Any,
+                      vis: np.ndarray, max_new_tokens: int = 16) -> list[str]:
+  """Greedy captions of cached features ``vis`` under the projector in ``trainable``.
+
+  The LM continues ``[bos] + projector(vis) + prompt`` until it emits an end
+  token (``<|endoftext|>`` or ``<|im_end|>``) or ``max_new_tokens``. One
+  compilation per (model, batch shape, length): later calls reuse it.
+  """
+  p = config.model.projector
+  projector = Projector(kind=p.kind, out_dim=towers.lm.config.width,
+                        hidden_dim=p.hidden_dim or None)
+  model = mllm.MLLM(towers.lm, projector, layout(config, towers))
+  stops = tuple(towers.special.stop_ids())
+  ids = np.asarray(_generate(model, trainable["projector"], towers.lm_params, jnp.asarray(vis),
+                             max_new_tokens=max_new_tokens, stop_ids=stops))
+  out = []
+  for row in ids:
+    cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+    out.append(towers.tokenizer.decode(row[:cut].tolist()).strip())
+  return out
