@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
@@ -43,6 +44,7 @@ from fedma_demo import METHODS, apply_overrides, method_label, set_field  # noqa
 
 from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import federated  # noqa: E402
+from fedjax_mm.real import smollm  # noqa: E402
 from fedjax_mm.setups import fedma_real  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
 
@@ -65,6 +67,8 @@ def main() -> None:
   parser.add_argument("--central-batch", type=int, default=16)
   parser.add_argument("--captions", type=int, default=4,
                       help="greedy captions shown per source")
+  parser.add_argument("--bf16-check", action="store_true",
+                      help="also score the first method's projector with bf16 frozen towers")
   parser.add_argument("--override", action="append", default=[],
                       help="config overrides key=value (JSON value), repeatable")
   args = parser.parse_args()
@@ -149,6 +153,22 @@ def main() -> None:
     projectors[label] = trained
     curves[label] = [(0, floor["zero_shot_acc"])] + [
         (h["round"], h["eval_accuracy"]) for h in metrics.read(rundir) if "eval_accuracy" in h]
+
+  if args.bf16_check and config.model.lm_dtype != "bfloat16":
+    # The accuracy effect of bf16 towers: the same trained projector, scored
+    # with the frozen LM stored and run in bfloat16.
+    print("== the first method's projector under bf16 frozen towers")
+    config16 = config_for(methods[0])
+    config16.model.lm_dtype = "bfloat16"
+    lm16 = smollm.Llama(towers.lm.config, num_layers=towers.lm.num_layers, dtype=jnp.bfloat16)
+    towers16 = towers._replace(lm=lm16, lm_params=jax.tree.map(
+        lambda p: p.astype(jnp.bfloat16), towers.lm_params))
+    task16 = fedma_real.make_task(config16, towers16)
+    s16 = _eval(task16, setup.test, config.eval_batch_size)(projectors[runs[0]["method"]])
+    runs.append({"method": runs[0]["method"] + " (bf16 towers, eval)",
+                 "zero_shot_acc": s16["accuracy"], "caption_loss": s16["loss"],
+                 "client_worst10%": s16["client_accuracy_worst10"],
+                 **({"stamps_loss": float("nan")} if stamps is not None else {})})
 
   print("== greedy captions of held-out images")
   first = runs[0]["method"]
