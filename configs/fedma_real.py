@@ -77,7 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.local.num_steps = 4
   config.local.batch_size = 8
 
-  config.client = configuration.client_section("adam", 1e-3)
+  # 3e-3: measured centrally, 1e-3 and 1e-2 had not moved zero-shot accuracy off
+  # chance after 640 examples; 3e-3 reached 0.69 after 1,600.
+  config.client = configuration.client_section("adam", 3e-3)
   config.server = configuration.server_section("fedavg", 1.0)
   config.algorithm = configuration.algorithm_section("fedavg")
   config.aggregation = configuration.aggregation_section()
