@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
@@ -44,7 +43,6 @@ from fedma_demo import METHODS, apply_overrides, method_label, set_field  # noqa
 
 from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import federated  # noqa: E402
-from fedjax_mm.real import smollm  # noqa: E402
 from fedjax_mm.setups import fedma_real  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
 
@@ -160,10 +158,7 @@ def main() -> None:
     print("== the first method's projector under bf16 frozen towers")
     config16 = config_for(methods[0])
     config16.model.lm_dtype = "bfloat16"
-    lm16 = smollm.Llama(towers.lm.config, num_layers=towers.lm.num_layers, dtype=jnp.bfloat16)
-    towers16 = towers._replace(lm=lm16, lm_params=jax.tree.map(
-        lambda p: p.astype(jnp.bfloat16), towers.lm_params))
-    task16 = fedma_real.make_task(config16, towers16)
+    task16 = fedma_real.make_task(config16, fedma_real.with_lm_dtype(towers, "bfloat16"))
     s16 = _eval(task16, setup.test, config.eval_batch_size)(projectors[runs[0]["method"]])
     runs.append({"method": runs[0]["method"] + " (bf16 towers, eval)",
                  "zero_shot_acc": s16["accuracy"], "caption_loss": s16["loss"],

@@ -85,13 +85,20 @@ class Towers(NamedTuple):
 
 def build_towers(config: ml_collections.ConfigDict) -> Towers:
   """Loads both towers from the fetched assets (offline; a clear error if missing)."""
-  dtype = LM_DTYPES[config.model.lm_dtype]
-  lm, params, tokenizer, special = smollm.load(num_layers=config.model.lm_layers or None,
-                                               dtype=dtype)
-  if dtype != jnp.float32:
-    # Frozen weights stored in the compute dtype: half the memory and bandwidth.
-    params = jax.tree.map(lambda p: p.astype(dtype), params)
-  return Towers(lm, params, tokenizer, special, efficientnet.load_params())
+  lm, params, tokenizer, special = smollm.load(num_layers=config.model.lm_layers or None)
+  towers = Towers(lm, params, tokenizer, special, efficientnet.load_params())
+  return with_lm_dtype(towers, config.model.lm_dtype)
+
+
+def with_lm_dtype(towers: Towers, name: str) -> Towers:
+  """The towers with the frozen LM computing (and its weights stored) in ``name``.
+
+  Stored in the compute dtype: bfloat16 halves the memory and bandwidth.
+  """
+  dtype = LM_DTYPES[name]
+  lm = smollm.Llama(towers.lm.config, num_layers=towers.lm.num_layers, dtype=dtype)
+  return towers._replace(lm=lm, lm_params=jax.tree.map(lambda p: p.astype(dtype),
+                                                       towers.lm_params))
 
 
 def layout(config: ml_collections.ConfigDict, towers: Towers) -> mllm.TokenLayout:
@@ -130,10 +137,10 @@ def zero_shot_probes(towers: Towers, labels: np.ndarray, class_names: Sequence[s
   caption and 0 ("class") for the others, as :func:`mllm.alignment_metrics`
   expects.
   """
-  names = [real_sources.FASHION_TEMPLATES[0].format(
-      real_sources.with_article(real_sources.class_noun(n))) for n in class_names]
-  table = tokenize(towers, names, max_tokens)                          # [C, L]
   c = len(class_names)
+  names = real_sources.template_captions(range(c), class_names,
+                                         real_sources.FASHION_TEMPLATES, np.zeros(c, int))
+  table = tokenize(towers, names, max_tokens)                          # [C, L]
   # Row y: y first, then the other classes in order.
   order = np.array([[y] + [k for k in range(c) if k != y] for y in range(c)])
   probes = table[order[labels]]
@@ -228,11 +235,12 @@ def build(config: ml_collections.ConfigDict, *, progress: bool = True,
     ids = np.random.default_rng(config.seed + 1).choice(k, d.eval_clients, replace=False)
     test = federated.select_clients(test, np.sort(ids))
   task = make_task(config, towers)
+  labelled_train = int((~held & (label_ids >= 0)).sum())
   info = {"towers_seconds": towers_s, "data_seconds": time.perf_counter() - start - towers_s,
           "client_examples": int(train.num_examples + test.num_examples),
           "clients_with_data": int(np.sum(np.asarray(train.sizes) > 0)),
-          "train_rows": {"labelled": int((~held & (label_ids >= 0)).sum()),
-                         "captioned": int(train.num_examples - (~held & (label_ids >= 0)).sum())},
+          "train_rows": {"labelled": labelled_train,
+                         "captioned": int(train.num_examples) - labelled_train},
           "test_rows": int(test.num_examples), "lm_layers": towers.lm.config.num_layers
           if towers.lm.num_layers is None else towers.lm.num_layers,
           "vision_tokens": config.model.vision_tokens}
