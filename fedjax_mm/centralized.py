@@ -50,13 +50,18 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
   @jax.jit
   def run(carry: client_lib.ClientCarry, rows_SxB: jax.Array, valid_S: jax.Array,
           examples, frozen):
+    def step(carry, rows):
+      batch = jax.tree.map(lambda a: a[rows], examples)
+      return client_lib.client_step(
+          carry, batch, jnp.ones(rows.shape, jnp.bool_), loss_fn=task.per_example_loss,
+          frozen=frozen, tx=optimizer, example_mask=task.example_mask)
+
     def body(carry, xs):
       rows, valid = xs
-      batch = jax.tree.map(lambda a: a[rows], examples)
-      # A padded step (valid False) is an exact no-op of client_step.
-      return client_lib.client_step(
-          carry, batch, jnp.broadcast_to(valid, rows.shape), loss_fn=task.per_example_loss,
-          frozen=frozen, tx=optimizer, example_mask=task.example_mask), None
+      # The padded steps of the last call are skipped, not computed and
+      # masked: unbatched, lax.cond runs one branch, and with a big frozen LM
+      # a wasted step costs as much as a real one.
+      return jax.lax.cond(valid, step, lambda c, _: c, carry, rows), None
     return jax.lax.scan(body, carry, (rows_SxB, valid_S))[0]
 
   # Row order: concatenated epoch permutations, cut into steps, padded to a

@@ -248,6 +248,7 @@ def _validate_real(config: ml_collections.ConfigDict) -> None:
   _number(config, "data.partition.alpha", lambda v: v > 0, "> 0")
   _one_of(config, "model.objective", ("captioning",))
   _one_of(config, "model.vision_tokens", fedma_real.VISION_TOKENS)
+  _one_of(config, "model.feature_norm", fedma_real.FEATURE_NORMS)
   _number(config, "model.lm_layers", lambda v: 0 <= v <= fedma_real.LM_LAYERS,
           f"in [0, {fedma_real.LM_LAYERS}] (0 = all)", integer=True)
   _one_of(config, "model.lm_dtype", tuple(fedma_real.LM_DTYPES))

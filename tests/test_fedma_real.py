@@ -6,8 +6,9 @@ classes) and the three fixture Tux Paint stamps. Tested: a short federated run
 lowers the held-out caption loss below the untrained projector's floor; the
 zero-shot probes (order, text, attributes) and the accuracy the metric
 machinery computes from them; caption tokenization; the per-client held-out
-split; greedy captioning; the feature cache; every config guard of
-``_validate_real``; bf16 towers against float32.
+split; greedy captioning; the feature standardization (against NumPy); the
+feature cache; every config guard of ``_validate_real``; bf16 towers against
+float32.
 
 Needs the fetched weights (``scripts/fetch_real.sh``); the tests that load the
 towers skip, saying so, when they are missing. Nothing reads /usr/share or the
@@ -357,13 +358,62 @@ def test_built_split_rows_add_up(built, towers):
     assert decode(tokens).endswith(decode(probes[0]).removeprefix("A photo of "))
 
 
+# ----------------------------------------------------------------- feature norm
+
+
+def test_feature_norm_by_hand():
+  # Two rows x two tokens of three dims; statistics pool rows and tokens.
+  vis = np.array([[[0.0, 1.0, 5.0], [2.0, 1.0, 5.0]],
+                  [[4.0, 1.0, 5.0], [6.0, 1.0, 5.0]]], np.float32)
+  norm = fedma_real.FeatureNorm.fit(vis)
+  # dim 0: values 0, 2, 4, 6 -> mean 3, variance (9 + 1 + 1 + 9) / 4 = 5;
+  # dims 1, 2 are constant: variance 0, so the 1e-2 floor gives scale 10 and
+  # the standardized value 0 (a constant dimension carries nothing).
+  np.testing.assert_allclose(norm.mean, [3.0, 1.0, 5.0], rtol=1e-6)
+  np.testing.assert_allclose(norm.scale, [1 / np.sqrt(5.01), 10.0, 10.0], rtol=1e-6)
+  out = norm(vis)
+  assert out.dtype == np.float32 and out.shape == vis.shape
+  np.testing.assert_allclose(out[..., 0], (vis[..., 0] - 3.0) / np.sqrt(5.01), rtol=1e-6)
+  np.testing.assert_array_equal(out[..., 1:], 0.0)
+  # A value off the training range is scaled, not clipped: 10x at most.
+  np.testing.assert_allclose(norm(np.array([[[3.0, 1.5, 5.0]]], np.float32)), [[[0, 5, 0]]],
+                             atol=1e-6)
+
+
+def test_build_standardizes_with_the_training_rows_statistics(built, sources, towers):
+  config, setup = built
+  raw_config = tiny_config(sources, feature_norm="none")
+  raw = fedma_real.build(raw_config, towers=towers)
+  assert setup.info["feature_norm"] == "standardize" and raw.info["feature_norm"] == "none"
+  assert fedma_real.feature_norm(raw_config, towers) is None
+  train_raw = np.asarray(raw.train.examples["vis"], np.float64)[:raw.train.num_examples]
+  # Reference: mean and variance of the raw training features (rows, not the
+  # held-out ones), written here with NumPy.
+  mean = train_raw.reshape(-1, train_raw.shape[-1]).mean(0)
+  var = train_raw.reshape(-1, train_raw.shape[-1]).var(0)
+  ref = lambda x: (np.asarray(x, np.float64) - mean) / np.sqrt(var + 1e-2)
+  assert np.abs(mean).max() > 0.1   # the raw features are not centred already
+  np.testing.assert_allclose(setup.train.examples["vis"][:setup.train.num_examples],
+                             ref(train_raw), atol=2e-5)
+  n_test = setup.test.num_examples
+  np.testing.assert_allclose(setup.test.examples["vis"][:n_test],
+                             ref(raw.test.examples["vis"][:n_test]), atol=2e-5)
+  # Held-out stamps go through the same map (fitted on the training rows).
+  stamps, raw_stamps = (fedma_real.stamp_test(c, towers) for c in (config, raw_config))
+  np.testing.assert_allclose(stamps["vis"], ref(raw_stamps["vis"]), atol=2e-5)
+  np.testing.assert_array_equal(stamps["tokens"], raw_stamps["tokens"])
+
+
 # ----------------------------------------------------------------- cache
 
 
 def test_features_are_cached_and_reused(built, towers, feature_cache, monkeypatch):
   config, _ = built
-  files = sorted(p.name for p in feature_cache.glob("*.npy"))
+  # One file per source split built so far (the stamps' test split appears
+  # once a test has scored it).
+  files = sorted(p.name for p in feature_cache.glob("*-train-*.npy"))
   assert len(files) == 2 and files[0].startswith("fashion_mnist_captions-train-")
+  assert files[1].startswith("tux_paint_stamps-train-")
   before = fedma_real.encoded(config, towers, config.data.labelled, "train", None)
 
   def no_tower(*args, **kwargs):
@@ -414,6 +464,7 @@ def test_the_presets_are_valid():
 
 @pytest.mark.parametrize("path, value", [
     ("model.vision_tokens", 2), ("model.vision_tokens", 64),
+    ("model.feature_norm", "zscore"),
     ("model.lm_layers", -1), ("model.lm_layers", 31),
     ("model.lm_dtype", "float16"),
     ("model.prompt", ""),

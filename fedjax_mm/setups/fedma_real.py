@@ -45,6 +45,7 @@ from fedjax_mm.types import Task
 
 FEATURE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 LM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+FEATURE_NORMS = ("standardize", "none")  # see FeatureNorm
 # Seed offsets: disjoint draws from one config seed.
 _LABELLED_SPLIT, _CAPTIONED_SPLIT = 22, 33
 # Stored image side per local source (Fashion-MNIST is 28x28 natively; the
@@ -196,6 +197,75 @@ def _held_out(client_ids: np.ndarray, fraction: float, num_clients: int) -> np.n
   return test
 
 
+class _Rows(NamedTuple):
+  """The clients' rows of both sources, before packing."""
+  labelled: dict[str, np.ndarray]
+  label_ids: np.ndarray                 # owner of each labelled row (-1: none)
+  held: np.ndarray                      # labelled rows held out for evaluation
+  train_vis: np.ndarray                 # [n, N, Dv]: the training rows' features
+  train_captions: np.ndarray
+  train_owners: np.ndarray
+
+
+def _rows(config: ml_collections.ConfigDict, towers: Towers) -> _Rows:
+  d = config.data
+  labelled = encoded(config, towers, d.labelled, "train", d.labelled_examples or None)
+  label_ids = _client_ids(config, labelled["label"], config.seed + _LABELLED_SPLIT)
+  held = _held_out(label_ids, d.test_fraction, d.num_clients) & (label_ids >= 0)
+  vis, captions, owners = [labelled["vis"][~held]], [labelled["caption"][~held]], [
+      label_ids[~held]]
+  if d.captioned:
+    captioned = encoded(config, towers, d.captioned, "train", None)
+    vis.append(captioned["vis"])
+    captions.append(captioned["caption"])
+    owners.append(_client_ids(config, np.maximum(captioned["label"], 0),
+                              config.seed + _CAPTIONED_SPLIT))
+  return _Rows(labelled, label_ids, held, np.concatenate(vis), np.concatenate(captions),
+               np.concatenate(owners))
+
+
+class FeatureNorm(NamedTuple):
+  """Per-dimension standardization of the cached vision features.
+
+  EfficientNet's pooled features are non-negative (ReLU6) and share a large
+  common component (on Fashion-MNIST the mean vector carries 0.72 of the
+  features' RMS), so a freshly initialised projector sees mostly that common
+  part. Standardizing each of the 1,280 dimensions makes the class-dependent
+  part visible from step one; measured centrally (400 Fashion-MNIST rows, 50
+  steps of 16, Adam 3e-3): zero-shot accuracy 0.10 -> 0.72, caption loss
+  2.06 -> 0.66. The statistics come from the clients' training rows through
+  sufficient statistics (each client's count, sum and sum of squares, added
+  by the server: one pre-round of 2 x 1,280 numbers that secure aggregation
+  can hide); the simulator adds the same sums directly. This is a
+  preprocessing choice of this project, not part of LLaVA's recipe (CLIP
+  features are already centred); ``model.feature_norm="none"`` turns it off.
+  """
+  mean: np.ndarray                      # [Dv]
+  scale: np.ndarray                     # [Dv]: 1 / sqrt(var + EPS)
+
+  EPS = 1e-2   # on the variance: no dimension is amplified more than 10x
+
+  @classmethod
+  def fit(cls, vis: np.ndarray) -> "FeatureNorm":
+    """Statistics over all rows and visual tokens of ``vis`` ``[n, N, Dv]``."""
+    x = np.asarray(vis, np.float64).reshape(-1, vis.shape[-1])
+    count, total, squares = x.shape[0], x.sum(0), np.square(x).sum(0)
+    mean = total / count
+    var = np.maximum(squares / count - np.square(mean), 0.0)
+    return cls(mean.astype(np.float32), (1.0 / np.sqrt(var + cls.EPS)).astype(np.float32))
+
+  def __call__(self, vis: np.ndarray) -> np.ndarray:
+    return ((np.asarray(vis, np.float32) - self.mean) * self.scale).astype(vis.dtype)
+
+
+def feature_norm(config: ml_collections.ConfigDict, towers: Towers) -> FeatureNorm | None:
+  """The config's feature standardization (``None`` when ``model.feature_norm='none'``),
+  fitted on the clients' training rows as :func:`build` does."""
+  if config.model.feature_norm == "none":
+    return None
+  return FeatureNorm.fit(_rows(config, towers).train_vis)
+
+
 def build(config: ml_collections.ConfigDict, *, progress: bool = True,
           towers: Towers | None = None) -> Setup:
   """The real Fed-MA :class:`Setup` of a config (``configs/fedma_real.py``)."""
@@ -203,36 +273,29 @@ def build(config: ml_collections.ConfigDict, *, progress: bool = True,
   start = time.perf_counter()
   towers = towers or build_towers(config)
   towers_s = time.perf_counter() - start
-  d, max_tokens = config.data, config.model.max_caption_tokens
-  k = d.num_clients
-  labelled = encoded(config, towers, d.labelled, "train", d.labelled_examples or None)
-  label_ids = _client_ids(config, labelled["label"], config.seed + _LABELLED_SPLIT)
-  held = _held_out(label_ids, d.test_fraction, k) & (label_ids >= 0)
-  rows = {"vis": [labelled["vis"][~held]], "caption": [labelled["caption"][~held]]}
-  owners = [label_ids[~held]]
-  if d.captioned:
-    captioned = encoded(config, towers, d.captioned, "train", None)
-    rows["vis"].append(captioned["vis"])
-    rows["caption"].append(captioned["caption"])
-    owners.append(_client_ids(config, np.maximum(captioned["label"], 0),
-                              config.seed + _CAPTIONED_SPLIT))
-  train_rows = {"vis": np.concatenate(rows["vis"]),
-                "tokens": tokenize(towers, np.concatenate(rows["caption"]), max_tokens)}
+  max_tokens, k = config.model.max_caption_tokens, config.data.num_clients
+  rows = _rows(config, towers)
+  norm = None if config.model.feature_norm == "none" else FeatureNorm.fit(rows.train_vis)
+  standardize = norm or (lambda vis: vis)
+  train_rows = {"vis": standardize(rows.train_vis),
+                "tokens": tokenize(towers, rows.train_captions, max_tokens)}
   train_rows["has_caption"] = np.ones(len(train_rows["tokens"]), bool)
-  train = partition.pack_assigned(train_rows, np.concatenate(owners), k)
+  train = partition.pack_assigned(train_rows, rows.train_owners, k)
 
-  probes, probe_attr = zero_shot_probes(towers, labelled["label"][held], _class_names(config),
-                                        max_tokens)
+  held, label_ids = rows.held, rows.label_ids
+  probes, probe_attr = zero_shot_probes(towers, rows.labelled["label"][held],
+                                        _class_names(config), max_tokens)
   # A held-out row is scored on its class's canonical caption (probe 0, "A
   # photo of a bag."), whatever template its caption was drawn from: the
   # caption loss and the zero-shot ranking then read the same LM pass, and
   # the loss does not depend on which template a row happened to get.
   test = partition.pack_assigned(
-      {"vis": labelled["vis"][held], "tokens": probes[:, 0],
+      {"vis": standardize(rows.labelled["vis"][held]), "tokens": probes[:, 0],
        "has_caption": np.ones(int(held.sum()), bool), "probes": probes,
        "probe_attr": probe_attr}, label_ids[held], k)
-  if 0 < d.eval_clients < k:
-    ids = np.random.default_rng(config.seed + 1).choice(k, d.eval_clients, replace=False)
+  if 0 < config.data.eval_clients < k:
+    ids = np.random.default_rng(config.seed + 1).choice(k, config.data.eval_clients,
+                                                        replace=False)
     test = federated.select_clients(test, np.sort(ids))
   task = make_task(config, towers)
   labelled_train = int((~held & (label_ids >= 0)).sum())
@@ -243,7 +306,8 @@ def build(config: ml_collections.ConfigDict, *, progress: bool = True,
                          "captioned": int(train.num_examples) - labelled_train},
           "test_rows": int(test.num_examples), "lm_layers": towers.lm.config.num_layers
           if towers.lm.num_layers is None else towers.lm.num_layers,
-          "vision_tokens": config.model.vision_tokens}
+          "vision_tokens": config.model.vision_tokens,
+          "feature_norm": config.model.feature_norm}
   return Setup(train=train, test=test, task=task, info=info)
 
 
@@ -258,9 +322,13 @@ def make_task(config: ml_collections.ConfigDict, towers: Towers) -> Task:
 
 
 def stamp_test(config: ml_collections.ConfigDict, towers: Towers) -> dict[str, np.ndarray]:
-  """The captioned source's own test split as one batch (caption loss, samples)."""
+  """The captioned source's own test split as one batch (caption loss, samples).
+
+  Its features are standardized like the training rows (:func:`feature_norm`).
+  """
   rows = encoded(config, towers, config.data.captioned, "test", None)
-  return {"vis": rows["vis"], "caption": rows["caption"],
+  norm = feature_norm(config, towers)
+  return {"vis": norm(rows["vis"]) if norm else rows["vis"], "caption": rows["caption"],
           "tokens": tokenize(towers, rows["caption"], config.model.max_caption_tokens),
           "has_caption": np.ones(len(rows["caption"]), bool)}
 
@@ -280,6 +348,9 @@ def _generate(model: mllm.MLLM, proj_params: Any, lm_params: Any, vis: jax.Array
 def generate_captions(config: ml_collections.ConfigDict, towers: Towers, trainable: Any,
                       vis: np.ndarray, max_new_tokens: int = 16) -> list[str]:
   """Greedy captions of cached features ``vis`` under the projector in ``trainable``.
+
+  ``vis`` are features as the setup's data holds them (standardized when the
+  config says so: ``setup.test`` or :func:`stamp_test` rows).
 
   The LM continues ``[bos] + projector(vis) + prompt`` until it emits an end
   token (``<|endoftext|>`` or ``<|im_end|>``) or ``max_new_tokens``. One
