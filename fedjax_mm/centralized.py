@@ -76,7 +76,10 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
   bar = tqdm.tqdm(total=num_steps, disable=not progress, desc="centralized", unit="step")
   for c in range(calls):
     carry = run(carry, rows[c], valid[c], examples, frozen)
+    # Reading the loss waits for the call (dispatch is asynchronous), so the
+    # bar advances when the steps are done, not when they are queued.
+    loss = float(carry.loss_sum) / max(int(carry.num_steps), 1)
+    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     bar.update(int(valid[c].sum()))
-    bar.set_postfix(loss=f"{float(carry.loss_sum) / max(int(carry.num_steps), 1):.4f}")
   bar.close()
   return carry.params

@@ -30,8 +30,10 @@ def tiny_config(cache_dir: str, preset: str = "iid"):
   config.data.public_vision_examples = 4000
   config.data.public_text_examples = 8000
   config.model.cache_dir = cache_dir
-  config.model.vision.update(dict(width=64, mlp_dim=128, steps=300))
-  config.model.lm.update(dict(width=64, mlp_dim=256, steps=800))
+  # Half the pretraining of the first version (300 / 800 steps): the fixture
+  # took 136 s of the suite; these towers still leave the margins below.
+  config.model.vision.update(dict(width=64, mlp_dim=128, steps=150))
+  config.model.lm.update(dict(width=64, mlp_dim=256, steps=400))
   config.num_rounds = 40
   config.eval_every = 0
   config.checkpoint.every = 0
@@ -139,6 +141,8 @@ def test_short_federated_run_beats_the_untrained_floor(built, tmp_path):
   # Tiny towers (seconds to pretrain) cap what the projector can reach; the
   # margin is 8 points pairwise over 600 held-out rows x 4 attributes (the
   # standard error is ~1 point); all-five-attributes accuracy must rise too.
+  # Measured with these towers (150 / 400 pretraining steps): +10.1 points
+  # pairwise, +4.0 all five, loss down 0.91.
   assert final_pairwise >= floor_pairwise + 0.08, (floor, final)
   assert final["eval_accuracy"] >= floor["accuracy"] + 0.015, (floor, final)
   assert final["eval_loss"] < floor["loss"] - 0.3, (floor, final)
