@@ -56,7 +56,8 @@ def test_reference_is_not_trivial():
 @pytest.mark.parametrize("batch_size", [4, 1, 2, 9, 16])
 def test_eval_fn_matches_numpy(batch_size):
   data = _data()
-  # 4 and 2 do not divide 9 (padding); 16 > N (one padded batch); 1 and 9 divide.
+  # Balanced batches: 2 -> 5 x 2 (one padded row), 4 -> 3 x 3, 16 -> 1 x 9;
+  # 1 and 9 divide N = 9.
   eval_fn = jax.jit(evaluation.build_eval_fn(logreg.task(2, 3), data, batch_size))
   out = jax.device_get(eval_fn(_trainable(), jax.device_put(data)))
   ref = _numpy_reference()
@@ -64,6 +65,24 @@ def test_eval_fn_matches_numpy(batch_size):
   for key in ref:
     assert out[key].shape == (4,)
     np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("n, batch_size, rows_per_batch", [
+    (100, 64, 50), (9, 4, 3), (9, 2, 2), (7, 16, 7), (10, 3, 3)])
+def test_eval_batches_are_balanced_and_padding_is_dropped(n, batch_size, rows_per_batch):
+  # A metric that reports the size of the batch its row was scored in: the
+  # per-client sum is n x (rows per batch) when every real row counts once
+  # and no padded row does. Hand-computed: 100 rows at <= 64 -> 2 x 50 (not
+  # 2 x 64 with 28 padded), 9 at <= 4 -> 3 x 3, 10 at <= 3 -> 4 x 3 (2 padded).
+  task = logreg.task(2, 3)
+  task = task._replace(per_example_metrics=lambda t, f, batch: {
+      "batch_rows": jnp.full(batch["x"].shape[:1], batch["x"].shape[0], jnp.float32)})
+  data = federated.pack({"x": np.zeros((n, 2), np.float32), "y": np.zeros(n, np.int32)},
+                        np.zeros(n, np.int64), num_clients=1)
+  out = jax.device_get(jax.jit(evaluation.build_eval_fn(task, data, batch_size))(
+      _trainable(), jax.device_put(data)))
+  np.testing.assert_array_equal(out["count"], [n])
+  np.testing.assert_array_equal(out["batch_rows"], [n * rows_per_batch])
 
 
 def test_eval_fn_hand_counts_and_accuracy():
