@@ -33,6 +33,7 @@ pytest.importorskip("tokenizers")
 import real_fixtures  # noqa: E402  (tests/ is on sys.path under pytest)
 from fedjax_mm import config_files, configuration, evaluation  # noqa: E402
 from fedjax_mm import setups  # noqa: E402
+from fedjax_mm.data.feature_norm import FeatureNorm  # noqa: E402
 from fedjax_mm.models import mllm  # noqa: E402
 from fedjax_mm.models.projector import Projector  # noqa: E402
 from fedjax_mm.real import assets, efficientnet, smollm  # noqa: E402
@@ -385,7 +386,7 @@ def test_feature_norm_by_hand():
   # Two rows x two tokens of three dims; statistics pool rows and tokens.
   vis = np.array([[[0.0, 1.0, 5.0], [2.0, 1.0, 5.0]],
                   [[4.0, 1.0, 5.0], [6.0, 1.0, 5.0]]], np.float32)
-  norm = fedma_real.FeatureNorm.fit(vis)
+  norm = FeatureNorm.fit(vis)
   # dim 0: values 0, 2, 4, 6 -> mean 3, variance (9 + 1 + 1 + 9) / 4 = 5;
   # dims 1, 2 are constant: variance 0, so the 1e-2 floor gives scale 10 and
   # the standardized value 0 (a constant dimension carries nothing).

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from fedjax_mm.data import federated, partition, real_sources
+from fedjax_mm.data.feature_norm import FeatureNorm
 from fedjax_mm.models import mllm
 from fedjax_mm.models.projector import Projector
 from fedjax_mm.real import assets, bpe, efficientnet, smollm
@@ -45,7 +46,7 @@ from fedjax_mm.types import Task
 
 FEATURE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 LM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-FEATURE_NORMS = ("standardize", "none")  # see FeatureNorm
+FEATURE_NORMS = ("standardize", "none")  # see data.feature_norm.FeatureNorm
 # Seed offsets: disjoint draws from one config seed.
 _LABELLED_SPLIT, _CAPTIONED_SPLIT = 22, 33
 # Stored image side per local source (Fashion-MNIST is 28x28 natively; the
@@ -208,6 +209,7 @@ class _Rows(NamedTuple):
 
 
 def _rows(config: ml_collections.ConfigDict, towers: Towers) -> _Rows:
+  """Both sources' rows, their owners and the held-out labelled rows (deterministic)."""
   d = config.data
   labelled = encoded(config, towers, d.labelled, "train", d.labelled_examples or None)
   label_ids = _client_ids(config, labelled["label"], config.seed + _LABELLED_SPLIT)
@@ -224,46 +226,14 @@ def _rows(config: ml_collections.ConfigDict, towers: Towers) -> _Rows:
                np.concatenate(owners))
 
 
-class FeatureNorm(NamedTuple):
-  """Per-dimension standardization of the cached vision features.
-
-  EfficientNet's pooled features are non-negative (ReLU6) and share a large
-  common component (on Fashion-MNIST the mean vector carries 0.72 of the
-  features' RMS), so a freshly initialised projector sees mostly that common
-  part. Standardizing each of the 1,280 dimensions makes the class-dependent
-  part visible from step one; measured centrally (400 Fashion-MNIST rows, 50
-  steps of 16, Adam 3e-3): zero-shot accuracy 0.10 -> 0.72, caption loss
-  2.06 -> 0.66. The statistics come from the clients' training rows through
-  sufficient statistics (each client's count, sum and sum of squares, added
-  by the server: one pre-round of 2 x 1,280 numbers that secure aggregation
-  can hide); the simulator adds the same sums directly. This is a
-  preprocessing choice of this project, not part of LLaVA's recipe (CLIP
-  features are already centred); ``model.feature_norm="none"`` turns it off.
-  """
-  mean: np.ndarray                      # [Dv]
-  scale: np.ndarray                     # [Dv]: 1 / sqrt(var + EPS)
-
-  EPS = 1e-2   # on the variance: no dimension is amplified more than 10x
-
-  @classmethod
-  def fit(cls, vis: np.ndarray) -> "FeatureNorm":
-    """Statistics over all rows and visual tokens of ``vis`` ``[n, N, Dv]``."""
-    x = np.asarray(vis, np.float64).reshape(-1, vis.shape[-1])
-    count, total, squares = x.shape[0], x.sum(0), np.square(x).sum(0)
-    mean = total / count
-    var = np.maximum(squares / count - np.square(mean), 0.0)
-    return cls(mean.astype(np.float32), (1.0 / np.sqrt(var + cls.EPS)).astype(np.float32))
-
-  def __call__(self, vis: np.ndarray) -> np.ndarray:
-    return ((np.asarray(vis, np.float32) - self.mean) * self.scale).astype(vis.dtype)
+def _fit_norm(config: ml_collections.ConfigDict, train_vis: np.ndarray) -> FeatureNorm | None:
+  return None if config.model.feature_norm == "none" else FeatureNorm.fit(train_vis)
 
 
 def feature_norm(config: ml_collections.ConfigDict, towers: Towers) -> FeatureNorm | None:
   """The config's feature standardization (``None`` when ``model.feature_norm='none'``),
   fitted on the clients' training rows as :func:`build` does."""
-  if config.model.feature_norm == "none":
-    return None
-  return FeatureNorm.fit(_rows(config, towers).train_vis)
+  return _fit_norm(config, _rows(config, towers).train_vis)
 
 
 def build(config: ml_collections.ConfigDict, *, progress: bool = True,
@@ -275,8 +245,8 @@ def build(config: ml_collections.ConfigDict, *, progress: bool = True,
   towers_s = time.perf_counter() - start
   max_tokens, k = config.model.max_caption_tokens, config.data.num_clients
   rows = _rows(config, towers)
-  norm = None if config.model.feature_norm == "none" else FeatureNorm.fit(rows.train_vis)
-  standardize = norm or (lambda vis: vis)
+  norm = _fit_norm(config, rows.train_vis)
+  standardize = norm if norm is not None else (lambda vis: vis)
   train_rows = {"vis": standardize(rows.train_vis),
                 "tokens": tokenize(towers, rows.train_captions, max_tokens)}
   train_rows["has_caption"] = np.ones(len(train_rows["tokens"]), bool)
@@ -328,7 +298,8 @@ def stamp_test(config: ml_collections.ConfigDict, towers: Towers) -> dict[str, n
   """
   rows = encoded(config, towers, config.data.captioned, "test", None)
   norm = feature_norm(config, towers)
-  return {"vis": norm(rows["vis"]) if norm else rows["vis"], "caption": rows["caption"],
+  return {"vis": norm(rows["vis"]) if norm is not None else rows["vis"],
+          "caption": rows["caption"],
           "tokens": tokenize(towers, rows["caption"], config.model.max_caption_tokens),
           "has_caption": np.ones(len(rows["caption"]), bool)}
 
