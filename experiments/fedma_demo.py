@@ -67,6 +67,15 @@ _SERVER_NAMES = {"fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi
                  "fedadagrad": "FedAdagrad"}
 
 
+def parse_methods(parser: argparse.ArgumentParser, value: str) -> list[str]:
+  """``--methods a,b`` -> ``['a', 'b']``; an unknown name exits with the allowed ones."""
+  methods = value.split(",")
+  for method in methods:
+    if method not in METHODS:
+      parser.error(f"--methods: {method!r} is not one of {tuple(METHODS)}")
+  return methods
+
+
 def set_field(config, key: str, value) -> None:
   node = config
   *parents, leaf = key.split(".")
@@ -130,10 +139,7 @@ def main() -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
 
-  methods = args.methods.split(",")
-  for method in methods:
-    if method not in METHODS:
-      parser.error(f"--methods: {method!r} is not one of {tuple(METHODS)}")
+  methods = parse_methods(parser, args.methods)
 
   def config_for(preset: str, method: str = "fedavg"):
     config = config_files.load(ROOT / "configs/fedma_demo.py", preset)

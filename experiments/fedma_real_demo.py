@@ -39,7 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from fedma_demo import METHODS, apply_overrides, method_label, set_field  # noqa: E402
+from fedma_demo import (METHODS, apply_overrides, method_label, parse_methods,  # noqa: E402
+                        set_field)
 
 from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import federated  # noqa: E402
@@ -73,10 +74,7 @@ def main() -> None:
   workdir = Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  methods = args.methods.split(",")
-  for method in methods:
-    if method not in METHODS:
-      parser.error(f"--methods: {method!r} is not one of {tuple(METHODS)}")
+  methods = parse_methods(parser, args.methods)
 
   def config_for(method: str = "fedavg"):
     config = config_files.load(ROOT / "configs/fedma_real.py", args.preset)

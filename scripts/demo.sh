@@ -7,10 +7,6 @@
 # Usage: scripts/demo.sh [--workdir runs/demo] [--rounds 30] [--partitions dirichlet,iid]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv with $($PYTHON --version)"
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+source scripts/venv.sh
+ensure_venv .
 exec .venv/bin/python experiments/fedma_demo.py "$@"

@@ -11,12 +11,8 @@
 # Usage: scripts/demo_real.sh [--workdir runs/real_demo] [--rounds 8] [--methods fedavg]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv with $($PYTHON --version)"
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[real]'
+source scripts/venv.sh
+ensure_venv '.[real]'
 scripts/fetch_real.sh
 scripts/setup_real_data.sh
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"

