@@ -90,14 +90,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.local.batch_size = 8
 
   # Optimizer sections (shared layout, see fedjax_mm.configuration); e.g.
-  # --config.server.optimizer=fedadam --config.server.convention=flower
+  # --config.server.kind=fedadam --config.server.fedadam.convention=flower
   config.client = configuration.client_section("adam", 3e-3)
   config.server = configuration.server_section("fedavg", 1.0)
 
-  # The algorithm (client + server work) and the aggregation (see
-  # fedjax_mm.configuration), e.g. --config.algorithm.name=scaffold
-  # --config.aggregation.kind=trimmed_mean --config.aggregation.clip_norm=1.0
+  # The algorithm (client + server work), the per-client preprocessing chain and
+  # the aggregation, each a registry of parts with their own options (see
+  # fedjax_mm.registry; `--help` lists them), e.g. --config.algorithm.kind=scaffold
+  # --config.aggregation.kind=trimmed_mean --config.aggregation.trimmed_mean.trim_fraction=0.2
+  # --config.preprocess.chain=l2_clip --config.preprocess.l2_clip.max_norm=1.0
   config.algorithm = configuration.algorithm_section("fedavg")
+  config.preprocess = configuration.preprocess_section()
   config.aggregation = configuration.aggregation_section()
 
   config.eval_every = 10

@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.client = configuration.client_section("adam", 3e-3)
   config.server = configuration.server_section("fedavg", 1.0)
   config.algorithm = configuration.algorithm_section("fedavg")
+  config.preprocess = configuration.preprocess_section()
   config.aggregation = configuration.aggregation_section()
 
   config.eval_every = 4

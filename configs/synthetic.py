@@ -6,12 +6,13 @@ Population presets (the argument after the colon; default 30 = the paper's):
   python -m fedjax_mm.main --config=configs/synthetic.py:1000 --workdir=runs/syn1k
   python -m fedjax_mm.main --config=configs/synthetic.py:100000 --workdir=runs/syn100k
 Override any field on the command line, e.g.
-  --config.server.optimizer=fedadam --config.server.learning_rate=0.03
+  --config.server.kind=fedadam --config.server.learning_rate=0.03
 """
 
 import ml_collections
 
 from fedjax_mm import configuration
+from fedjax_mm.setups import synthetic
 
 # Population size -> (clients per round, size lognormal mean, sigma, min size).
 # The paper's sizes (lognormal(4, 2) + 50, ~400 examples on average) are kept
@@ -40,19 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_devices = 0           # 0: all devices; the clients axis is sharded
   config.sampling = "uniform"      # uniform | size
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "synthetic"
-  config.data.num_clients = num_clients
-  config.data.alpha = 1.0
-  config.data.beta = 1.0
-  config.data.iid = False
-  config.data.num_features = 60
-  config.data.num_classes = 10
-  config.data.size_mean = size_mean
-  config.data.size_sigma = size_sigma
-  config.data.min_size = min_size
-  config.data.max_size = 10_000
-  config.data.test_fraction = 0.1
+  config.data = synthetic.data_section(num_clients, size_mean, size_sigma, min_size)
 
   config.local = ml_collections.ConfigDict()
   config.local.mode = "epochs"     # epochs | steps
@@ -61,14 +50,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.local.batch_size = 10
 
   # Optimizer sections (shared layout, see fedjax_mm.configuration); e.g.
-  # --config.server.optimizer=fedadam --config.server.convention=flower
+  # --config.server.kind=fedadam --config.server.fedadam.convention=flower
   config.client = configuration.client_section("sgd", 0.01)
   config.server = configuration.server_section("fedavg", 1.0)
 
-  # The algorithm (client + server work) and the aggregation (see
-  # fedjax_mm.configuration), e.g. --config.algorithm.name=scaffold
-  # --config.aggregation.kind=trimmed_mean --config.aggregation.clip_norm=1.0
+  # The algorithm (client + server work), the per-client preprocessing chain and
+  # the aggregation, each a registry of parts with their own options (see
+  # fedjax_mm.registry; `--help` lists them), e.g. --config.algorithm.kind=scaffold
+  # --config.aggregation.kind=trimmed_mean --config.aggregation.trimmed_mean.trim_fraction=0.2
+  # --config.preprocess.chain=l2_clip --config.preprocess.l2_clip.max_norm=1.0
   config.algorithm = configuration.algorithm_section("fedavg")
+  config.preprocess = configuration.preprocess_section()
   config.aggregation = configuration.aggregation_section()
 
   config.eval_every = 10

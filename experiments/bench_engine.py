@@ -189,7 +189,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
 
 def _algorithm(args: argparse.Namespace):
   from fedjax_mm import algorithms
-  return algorithms.make_algorithm(args.algorithm, prox_mu=0.01)
+  return algorithms.ALGORITHMS.make(args.algorithm, **({"mu": 0.01} if args.algorithm == "fedprox" else {}))
 
 
 def _initial_state(task, server_tx, num_clients: int, algorithm) -> tuple[Any, Any]:

@@ -50,7 +50,8 @@ from compare_methods import ABLATIONS, GRID, METHODS  # noqa: E402
 import compare_report  # noqa: E402
 from fedma_demo import apply_overrides, set_field  # noqa: E402
 
-from fedjax_mm import centralized, config_files, configuration, evaluation  # noqa: E402
+from fedjax_mm import centralized, config_files, evaluation  # noqa: E402
+from fedjax_mm.simulation import validation  # noqa: E402
 from fedjax_mm import metrics as metrics_lib  # noqa: E402
 from fedjax_mm.setups import fedma  # noqa: E402
 from fedjax_mm.simulation import driver, mesh  # noqa: E402
@@ -97,7 +98,7 @@ def method_config(base, method, lr: float):
   for key, value in method.overrides.items():
     set_field(config, key, value)
   set_field(config, method.tuned, lr)
-  configuration.validate(config)
+  validation.validate(config)
   return config
 
 
@@ -374,7 +375,7 @@ def main() -> None:
   shift = args.worker * len(names) // args.workers
   for name in names[shift:] + names[:shift]:
     base = scenario_config(name, args)
-    configuration.validate(base)
+    validation.validate(base)
     todo = {**methods, **(ablations if name in args.ablation_scenarios.split(",") else {})}
     print(f"== {name}: {base.data.num_clients} clients, {base.clients_per_round}/round, "
           f"{base.num_rounds} rounds", flush=True)
@@ -385,7 +386,7 @@ def main() -> None:
   if not (args.no_budget_check or args.quick):
     name, keys = BUDGET_CHECK
     base = scenario_config(name, args)
-    configuration.validate(base)
+    validation.validate(base)
     print(f"== budget check: {name}", flush=True)
     report["budget_check"] = run_scenario(Scenario(name, base, towers),
                                           {k: METHODS[k] for k in keys}, workdir, args,

@@ -32,48 +32,48 @@ class Method(NamedTuple):
 # Fed-CMP's defaults (a reconstruction; see aggregation/canonical.py and
 # server/orthogonal_momentum.py): CRA at rank 32 of 128 scored by explained
 # energy, and OPM with FedAvgM's momentum and server learning rate.
-FEDCMP = {"aggregation.kind": "canonical", "aggregation.canonical_rank": 32,
-          "aggregation.canonical_reliability": "explained",
-          "aggregation.canonical_temperature": 0.1,
-          "server.optimizer": "opm", "server.momentum": 0.9, "server.learning_rate": 1.0}
+FEDCMP = {"aggregation.kind": "canonical", "aggregation.canonical.rank": 32,
+          "aggregation.canonical.reliability": "explained",
+          "aggregation.canonical.temperature": 0.1,
+          "server.kind": "opm", "server.opm.momentum": 0.9, "server.learning_rate": 1.0}
 
 # The baselines the demo also runs keep the demo's settings (one table of them).
 METHODS = {
     "fedavg": Method("FedAvg", DEMO["fedavg"], "client.learning_rate"),
     "fedavgm": Method("FedAvgM", DEMO["fedavgm"], "server.learning_rate"),
     "fedadam": Method("FedAdam", DEMO["fedadam"], "server.learning_rate"),
-    "fedyogi": Method("FedYogi", {**DEMO["fedadam"], "server.optimizer": "fedyogi"},
+    "fedyogi": Method("FedYogi", {**DEMO["fedadam"], "server.kind": "fedyogi"},
                       "server.learning_rate"),
     "fedprox": Method("FedProx (mu 0.01)", DEMO["fedprox"], "client.learning_rate"),
     "scaffold": Method("SCAFFOLD (SGD clients)", DEMO["scaffold"], "client.learning_rate"),
     "fednova": Method("FedNova (SGD clients)", DEMO["fednova"], "client.learning_rate"),
     "ties": Method("TIES-merging (density 0.2)", {"aggregation.kind": "ties"},
-                   "aggregation.merge_scale"),
-    "knots": Method("KnOTS-TIES", {"aggregation.kind": "knots"}, "aggregation.merge_scale"),
+                   "aggregation.ties.scale"),
+    "knots": Method("KnOTS-TIES", {"aggregation.kind": "knots"}, "aggregation.knots.scale"),
     "fedcmp": Method("Fed-CMP (CRA + OPM)", FEDCMP, "server.learning_rate"),
 }
 
 # Ablations of Fed-CMP, at Fed-CMP's chosen learning rate (not re-tuned).
 ABLATIONS = {
     "cra_only": Method("CRA only (FedAvg server)", {
-        **FEDCMP, "server.optimizer": "fedavg", "server.momentum": 0.9}, "server.learning_rate"),
+        **FEDCMP, "server.kind": "fedavg"}, "server.learning_rate"),
     "opm_only": Method("OPM only (mean fusion)", {
-        **FEDCMP, "aggregation.canonical_fusion": "mean"}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.fusion": "mean"}, "server.learning_rate"),
     "fedcmp_agreement": Method("Fed-CMP, agreement reliability", {
-        **FEDCMP, "aggregation.canonical_reliability": "agreement"}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.reliability": "agreement"}, "server.learning_rate"),
     "fedcmp_inverse_variance": Method("Fed-CMP, inverse-variance reliability", {
-        **FEDCMP, "aggregation.canonical_reliability": "inverse_variance"},
+        **FEDCMP, "aggregation.canonical.reliability": "inverse_variance"},
         "server.learning_rate"),
     "fedcmp_uniform": Method("Fed-CMP, uniform reliability", {
-        **FEDCMP, "aggregation.canonical_reliability": "uniform"}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.reliability": "uniform"}, "server.learning_rate"),
     "fedcmp_rank8": Method("Fed-CMP, rank 8", {
-        **FEDCMP, "aggregation.canonical_rank": 8}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.rank": 8}, "server.learning_rate"),
     "fedcmp_full_rank": Method("Fed-CMP, full rank (= FedAvgM with explained)", {
-        **FEDCMP, "aggregation.canonical_rank": 0}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.rank": 0}, "server.learning_rate"),
     "fedcmp_no_procrustes": Method("Fed-CMP, no Procrustes alignment", {
-        **FEDCMP, "server.procrustes": False}, "server.learning_rate"),
+        **FEDCMP, "server.opm.procrustes": False}, "server.learning_rate"),
     "fedcmp_weights": Method("Fed-CMP, local projectors decomposed (not updates)", {
-        **FEDCMP, "aggregation.canonical_decompose": "weights"}, "server.learning_rate"),
+        **FEDCMP, "aggregation.canonical.decompose": "weights"}, "server.learning_rate"),
     "fedcmp_span": Method("Fed-CMP, span(U) heavy-ball OPM", {
-        **FEDCMP, "server.opm_variant": "span"}, "server.learning_rate"),
+        **FEDCMP, "server.opm.variant": "span"}, "server.learning_rate"),
 }

@@ -19,7 +19,7 @@ accuracy overall and per attribute, per-client mean and worst 10%) and
   python experiments/fedma_demo.py --workdir runs/demo
   python experiments/fedma_demo.py --workdir runs/methods --partitions dirichlet \
       --methods fedavg,fedavgm,fedadam,fedprox,scaffold
-  python experiments/fedma_demo.py --override algorithm.name=scaffold
+  python experiments/fedma_demo.py --override algorithm.kind=scaffold
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
 from fedjax_mm.data import world  # noqa: E402
 from fedjax_mm.setups import fedma  # noqa: E402
-from fedjax_mm.simulation import driver, mesh  # noqa: E402
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS  # noqa: E402
+from fedjax_mm.algorithms import ALGORITHMS  # noqa: E402
+from fedjax_mm.server import SERVER  # noqa: E402
+from fedjax_mm.simulation import driver, mesh, validation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = tuple(f"acc_{a}" for a in world.ATTRIBUTES)
@@ -49,22 +52,18 @@ ATTRS = tuple(f"acc_{a}" for a in world.ATTRIBUTES)
 # Method -> config overrides on top of the demo config (then --override).
 METHODS = {
     "fedavg": {},
-    "fedavgm": {"server.optimizer": "fedavgm", "server.learning_rate": 1.0,
-                "server.momentum": 0.9},
-    "fedadam": {"server.optimizer": "fedadam", "server.learning_rate": 0.01},
-    "fedprox": {"algorithm.name": "fedprox", "algorithm.prox_mu": 0.01},
+    "fedavgm": {"server.kind": "fedavgm", "server.learning_rate": 1.0,
+                "server.fedavgm.momentum": 0.9},
+    "fedadam": {"server.kind": "fedadam", "server.learning_rate": 0.01},
+    "fedprox": {"algorithm.kind": "fedprox", "algorithm.fedprox.mu": 0.01},
     # SCAFFOLD (option II) and FedNova are defined for SGD steps: SGD
     # clients, and their FedAvg twin with the same clients.
     "fedavg_sgd": {"client.optimizer": "sgd", "client.learning_rate": 0.5},
-    "scaffold": {"algorithm.name": "scaffold", "client.optimizer": "sgd",
+    "scaffold": {"algorithm.kind": "scaffold", "client.optimizer": "sgd",
                  "client.learning_rate": 0.5},
-    "fednova": {"algorithm.name": "fednova", "client.optimizer": "sgd",
+    "fednova": {"algorithm.kind": "fednova", "client.optimizer": "sgd",
                 "client.learning_rate": 0.5},
 }
-_ALGORITHM_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
-                    "fednova": "FedNova"}
-_SERVER_NAMES = {"fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-                 "fedadagrad": "FedAdagrad"}
 
 
 def parse_methods(parser: argparse.ArgumentParser, value: str) -> list[str]:
@@ -90,26 +89,32 @@ def apply_overrides(config, items) -> None:
     key, value = item.split("=", 1)
     try:
       value = json.loads(value)
-    except json.JSONDecodeError:  # a bare string: algorithm.name=scaffold
+    except json.JSONDecodeError:  # a bare string: algorithm.kind=scaffold
       pass
     set_field(config, key, value)
 
 
 def method_label(config) -> str:
-  """What ran, from the config: e.g. "FedAvg", "FedAdam", "SCAFFOLD (SGD clients)"."""
-  name = _ALGORITHM_NAMES[config.algorithm.name]
-  server = _SERVER_NAMES.get(config.server.optimizer)
-  if server:
-    name = server if name == "FedAvg" else f"{name} + {server} server"
-  if config.algorithm.name == "fedprox":
-    name += f" (mu={config.algorithm.prox_mu:g})"
+  """What ran, from the config and the registries' labels: e.g. "FedAvg", "FedAdam",
+  "SCAFFOLD (SGD clients)", "FedProx (mu=0.01), Krum"."""
+  algorithm = config.algorithm.kind
+  name = ALGORITHMS[algorithm].label
+  if config.server.kind != "fedavg":
+    server = SERVER[config.server.kind].label
+    name = server if algorithm == "fedavg" else f"{name} + {server} server"
+  changed = {k: v for k, v in config.algorithm[algorithm].items()
+             if v != ALGORITHMS[algorithm].options()[k]}
+  if algorithm == "fedprox" or changed:
+    options = config.algorithm[algorithm]
+    name += " (" + ", ".join(f"{k}={v:g}" for k, v in options.items()) + ")"
   if config.client.optimizer != "adam":
-    name += f" ({config.client.optimizer.upper() if config.client.optimizer == 'sgd' else config.client.optimizer} clients)"
-  agg = config.aggregation
-  if agg.kind != "mean":
-    name += f", {agg.kind}"
-  if agg.clip_norm > 0:
-    name += f", clip {agg.clip_norm:g}"
+    optimizer = config.client.optimizer
+    name += f" ({optimizer.upper() if optimizer == 'sgd' else optimizer} clients)"
+  if config.aggregation.kind != "mean":
+    name += f", {AGGREGATORS[config.aggregation.kind].label}"
+  for step in configuration.chain_names(config.preprocess.chain):
+    options = ", ".join(f"{v:g}" for v in config.preprocess[step].values())
+    name += f", {PREPROCESSORS[step].label} {options}"
   return name
 
 
@@ -150,7 +155,7 @@ def main() -> None:
     for key, value in METHODS[method].items():
       set_field(config, key, value)
     apply_overrides(config, args.override)
-    configuration.validate(config)
+    validation.validate(config)
     return config
 
   presets = args.partitions.split(",")

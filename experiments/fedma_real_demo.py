@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from fedma_demo import (METHODS, apply_overrides, method_label, parse_methods,  # noqa: E402
                         set_field)
 
-from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
+from fedjax_mm import centralized, config_files, evaluation, metrics  # noqa: E402
+from fedjax_mm.simulation import validation  # noqa: E402
 from fedjax_mm.data import federated  # noqa: E402
 from fedjax_mm.setups import fedma_real  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
@@ -83,7 +84,7 @@ def main() -> None:
     for key, value in METHODS[method].items():
       set_field(config, key, value)
     apply_overrides(config, args.override)
-    configuration.validate(config)
+    validation.validate(config)
     return config
 
   config = config_for()

@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 import optax
 
-from fedjax_mm import centralized, config_files, configuration, evaluation
+from fedjax_mm import centralized, config_files, evaluation
+from fedjax_mm.simulation import validation
 from fedjax_mm.data import world
 from fedjax_mm.models import mllm
 from fedjax_mm.setups import fedma
@@ -61,7 +62,7 @@ def main() -> None:
     config.model.vision.steps = args.vision_steps
   if args.lm_steps:
     config.model.lm.steps = args.lm_steps
-  configuration.validate(config)
+  validation.validate(config)
 
   times = {}
   setup = fedma.build(config)

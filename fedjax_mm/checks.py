@@ -5,7 +5,7 @@ Every check raises ``ValueError`` with a message of the form
 which field was wrong, what it allows and what it was given, e.g.::
 
   convention: must be one of ('reddi', 'flower'), got 'pytorch'
-  spec.alpha: must be a number > 0, got -1.0
+  spec.alpha: must be a finite number > 0, got -1.0
   spec.quantity.min_size: must be an integer >= 0, got 1.5
 
 Callers that add context (a config path) wrap the message rather than
@@ -14,6 +14,7 @@ rewording it.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Sequence
 
@@ -59,6 +60,17 @@ def is_number(value: Any, *, integer: bool = False) -> bool:
   return isinstance(value, numbers.Integral if integer else numbers.Real)
 
 
+# Integers beyond int64 overflow when they reach NumPy or JAX.
+_MAX_INT = 2**63 - 1
+
+
+def _representable(value: Any) -> bool:
+  """Finite (no inf/NaN), and an integer within int64."""
+  if isinstance(value, numbers.Integral):
+    return -_MAX_INT <= value <= _MAX_INT
+  return math.isfinite(value)
+
+
 def number(name: str, value: Any, ok: Callable[[float], bool], rule: str, *,
            integer: bool = False) -> None:
   """Checks that ``value`` is a number (not a bool) satisfying ``ok``.
@@ -66,16 +78,17 @@ def number(name: str, value: Any, ok: Callable[[float], bool], rule: str, *,
   Args:
     name: the field, as the user spells it.
     value: the given value.
-    ok: the range predicate, called only on a number; NaN fails any
-      comparison, so it is rejected by ``lambda v: v > 0`` and the like.
+    ok: the range predicate, called only on a finite number (inf and NaN,
+      and integers beyond int64, are rejected before it: ``v > 0`` alone
+      would let ``inf`` through).
     rule: the range in words for the message, e.g. ``"> 0"`` or
       ``"in [0, 1)"``.
     integer: require an integral type.
 
   Raises:
-    ValueError: ``"<name>: must be a number <rule>, got <value!r>"`` (``an
+    ValueError: ``"<name>: must be a finite number <rule>, got <value!r>"`` (``an
       integer`` with ``integer=True``).
   """
-  if not (is_number(value, integer=integer) and ok(value)):
-    kind = "an integer" if integer else "a number"
+  if not (is_number(value, integer=integer) and _representable(value) and ok(value)):
+    kind = "an integer" if integer else "a finite number"
     raise ValueError(f"{name}: must be {kind} {rule}, got {value!r}")

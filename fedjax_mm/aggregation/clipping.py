@@ -20,9 +20,10 @@ import optax
 
 from fedjax_mm import checks
 from fedjax_mm.aggregation.base import Preprocessor
+from fedjax_mm.registry import Part
 
 
-def l2_clip(max_norm: float) -> Preprocessor:
+def l2_clip(max_norm: float = 1.0) -> Preprocessor:
   """Scales each client's delta to L2 norm at most ``max_norm`` (> 0).
 
   Metrics: ``clip/clipped`` (fraction of clients clipped) and
@@ -41,3 +42,7 @@ def l2_clip(max_norm: float) -> Preprocessor:
     return clipped, {"clipped": (norm > max_norm).astype(jnp.float32), "norm": norm}
 
   return Preprocessor(name="clip", apply=apply)
+
+
+PART = Part("l2_clip", l2_clip, "L2 clip",
+            "scale each update to L2 norm <= max_norm (norm bounding; DP's sensitivity)")

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.registry import Part
 from fedjax_mm.aggregation.stacked import (flatten_clients,
                                            sorted_with_invalid_last)
 from fedjax_mm.types import PyTree
@@ -119,3 +121,20 @@ def _trimmed_mean(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   kept = jnp.maximum(n - 2 * k, 1).astype(x.dtype)
   return unravel(total / kept)
 
+
+def median_aggregator() -> CohortAggregator:
+  """The coordinate-wise median as a round's aggregator."""
+  return stateless("median", lambda d, w, m: (coordinate_median(d, w, m), {}))
+
+
+def trimmed_mean_aggregator(trim_fraction: float = 0.1) -> CohortAggregator:
+  """The coordinate-wise β-trimmed mean (β = ``trim_fraction`` in [0, 0.5))."""
+  checks.number("trim_fraction", trim_fraction, lambda v: 0.0 <= v < 0.5, "in [0, 0.5)")
+  return stateless("trimmed_mean", lambda d, w, m: (
+      trimmed_mean(d, w, m, trim_fraction=trim_fraction), {}))
+
+
+MEDIAN = Part("median", median_aggregator, "median",
+              "coordinate-wise median (Yin et al., ICML 2018)")
+TRIMMED_MEAN = Part("trimmed_mean", trimmed_mean_aggregator, "trimmed mean",
+                    "coordinate-wise beta-trimmed mean (Yin et al., ICML 2018)")

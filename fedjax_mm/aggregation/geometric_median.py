@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.registry import Part
 from fedjax_mm.aggregation.stacked import flatten_clients, normalized_weights
 from fedjax_mm.types import PyTree
 
@@ -106,3 +108,21 @@ def _geometric_median(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
           jnp.sum(alpha * distances0), n == 0)
   iterations, v, _, _, _ = lax.while_loop(cond, body, init)
   return unravel(v), iterations
+
+
+def geometric_median_aggregator(smoothing: float = 1e-6,
+                                max_iters: int = 100) -> CohortAggregator:
+  """The geometric median (RFA) as a round's aggregator; its iterations as a metric."""
+  checks.number("smoothing", smoothing, lambda v: math.isfinite(v) and v > 0, "> 0 (finite)")
+  checks.number("max_iters", max_iters, lambda v: v >= 1, ">= 1", integer=True)
+
+  def reduce(d, w, mask):
+    result, iterations = geometric_median(d, w, mask, smoothing=smoothing,
+                                          max_iters=max_iters)
+    return result, {"iterations": jnp.asarray(iterations, jnp.float32)}
+
+  return stateless("geometric_median", reduce)
+
+
+PART = Part("geometric_median", geometric_median_aggregator, "geometric median",
+            "smoothed Weiszfeld geometric median (RFA; Pillutla et al., IEEE TSP 2022)")

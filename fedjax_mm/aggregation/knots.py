@@ -62,6 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.registry import Part
 from fedjax_mm.aggregation import canonical
 from fedjax_mm.aggregation.ties import (check_options, client_weights, elect_and_merge,
                                         flatten_masked, trim, unflatten_like, weighted_sum)
@@ -175,3 +177,17 @@ def _knots(updates, weights, mask, *, merge, density, scale, rank):
     info["kept_fraction"] = nonzero / jnp.maximum(total, 1.0)
     info["agreement"] = sum(c["agree"] for c, _ in counts) / jnp.maximum(nonzero, 1.0)
   return jax.tree.unflatten(treedef, out), info
+
+
+def knots_aggregator(merge: str = "ties", density: float = 0.2, scale: float = 1.0,
+                     rank: int = 0) -> CohortAggregator:
+  """KnOTS over the cohort (``rank`` 0 = full rank per matrix)."""
+  checks.one_of("merge", merge, MERGES)
+  checks.number("rank", rank, lambda v: v >= 0, ">= 0 (0 = full rank)", integer=True)
+  check_options(density, scale)
+  return stateless("knots", lambda d, w, m: knots_merge(
+      d, w, m, merge=merge, density=density, scale=scale, rank=rank or None))
+
+
+PART = Part("knots", knots_aggregator, "KnOTS",
+            "merging in a shared SVD basis (Stoica et al., ICLR 2025)")

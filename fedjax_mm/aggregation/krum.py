@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.registry import Part
 from fedjax_mm.aggregation.stacked import flatten_clients, normalized_weights
 from fedjax_mm.types import PyTree
 
@@ -143,3 +145,49 @@ def _krum(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   aggregate = jnp.sum(coefficients[:, None] * x, axis=0)
   return unravel(aggregate), selected
 
+
+def check_krum_bound(num_byzantine: int, cohort_size: int) -> None:
+  """Krum's guarantee needs ``C >= 2f + 3`` (Blanchard et al. 2017, Prop. 1).
+
+  Raises:
+    ValueError: ``"num_byzantine: must be an integer in [0, (C - 3) // 2] ..."``.
+  """
+  checks.number("cohort_size", cohort_size, lambda v: v >= 1, ">= 1", integer=True)
+  top = (cohort_size - 3) // 2
+  checks.number("num_byzantine", num_byzantine, lambda v: 0 <= v <= top,
+                f"in [0, {top}] (Krum needs clients_per_round = {cohort_size} >= "
+                "2 num_byzantine + 3)", integer=True)
+
+
+def _krum_reducer(num_byzantine: int, num_selected: int):
+  def reduce(d, w, mask):
+    result, selected = krum(d, w, mask, num_byzantine=num_byzantine,
+                            num_selected=num_selected)
+    return result, {"num_selected": jnp.sum(selected).astype(jnp.float32)}
+  return reduce
+
+
+def krum_aggregator(num_byzantine: int = 0, *, cohort_size: int) -> CohortAggregator:
+  """Krum over cohorts of ``cohort_size`` clients tolerating ``num_byzantine``."""
+  check_krum_bound(num_byzantine, cohort_size)
+  return stateless("krum", _krum_reducer(num_byzantine, 1))
+
+
+def multi_krum_aggregator(num_byzantine: int = 0, num_selected: int = 0, *,
+                          cohort_size: int) -> CohortAggregator:
+  """Multi-Krum: the mean of the ``num_selected`` best (0: ``C - f``)."""
+  check_krum_bound(num_byzantine, cohort_size)
+  checks.number("num_selected", num_selected, lambda v: 0 <= v <= cohort_size,
+                f"in [0, clients_per_round = {cohort_size}] (0 = clients_per_round - "
+                "num_byzantine)", integer=True)
+  return stateless("multi_krum",
+                   _krum_reducer(num_byzantine, num_selected or cohort_size - num_byzantine))
+
+
+_COHORT = ("cohort_size",)
+KRUM = Part("krum", krum_aggregator, "Krum",
+            "the update closest to its n - f - 2 neighbours (Blanchard et al., NeurIPS 2017)",
+            context=_COHORT)
+MULTI_KRUM = Part("multi_krum", multi_krum_aggregator, "Multi-Krum",
+                  "mean of the m best Krum scores (Blanchard et al., NeurIPS 2017)",
+                  context=_COHORT)

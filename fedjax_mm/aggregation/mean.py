@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_mm.aggregation.base import StreamingAggregator, no_state
+from fedjax_mm.registry import Part
 from fedjax_mm.types import PyTree
 
 
@@ -47,3 +48,7 @@ def weighted_mean() -> StreamingAggregator:
 
   return StreamingAggregator(name="mean", init=no_state, start=start,
                              accumulate=accumulate, finalize=finalize)
+
+
+PART = Part("mean", weighted_mean, "mean",
+            "weighted mean, streamed chunk by chunk (FedAvg; McMahan et al., 2017)")

@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_mm import checks
+from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.registry import Part
 from fedjax_mm.aggregation.stacked import normalized_weights
 from fedjax_mm.types import PyTree
 
@@ -181,3 +183,13 @@ def _ties(updates, weights, mask, *, density, scale, trim_scope):
   info = {"kept_fraction": counts["nonzero"] / jnp.maximum(total, 1.0),
           "agreement": counts["agree"] / jnp.maximum(counts["nonzero"], 1.0)}
   return jax.tree.unflatten(treedef, unflatten_like(scale * merged, leaves)), info
+
+
+def ties_aggregator(density: float = 0.2, scale: float = 1.0) -> CohortAggregator:
+  """TIES-merging of the cohort's updates (``density`` kept per client, λ = ``scale``)."""
+  check_options(density, scale)
+  return stateless("ties", lambda d, w, m: ties_merge(d, w, m, density=density, scale=scale))
+
+
+PART = Part("ties", ties_aggregator, "TIES",
+            "trim, elect sign, disjoint mean (Yadav et al., NeurIPS 2023)")

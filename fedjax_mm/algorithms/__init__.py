@@ -1,43 +1,35 @@
 """Federated algorithms, one file each, built from the parts in ``base``.
 
 Adding an algorithm: write ``algorithms/<name>.py`` returning an
-:class:`~fedjax_mm.algorithms.base.Algorithm` (client work + server work),
-and add it to :func:`make_algorithm` and ``ALGORITHMS``; the round is not edited.
+:class:`~fedjax_mm.algorithms.base.Algorithm` (client work + server work)
+with a ``PART`` line, and add that line to ``ALGORITHMS``; its options
+(``config.algorithm.<name>.<option>``), validation, labels, ``--help`` and
+the contract suite follow from the registry. The round is not edited.
 """
 
 from __future__ import annotations
 
+from fedjax_mm.algorithms import fedavg as _fedavg
+from fedjax_mm.algorithms import feddyn as _feddyn
+from fedjax_mm.algorithms import fednova as _fednova
+from fedjax_mm.algorithms import fedprox as _fedprox
+from fedjax_mm.algorithms import scaffold as _scaffold
 from fedjax_mm.algorithms.base import (Aggregates, Algorithm, ClientWork, ServerWork,
                                        local_training, stateless_server)
 from fedjax_mm.algorithms.fedavg import fedavg
+from fedjax_mm.algorithms.feddyn import feddyn
 from fedjax_mm.algorithms.fednova import fednova
 from fedjax_mm.algorithms.fedprox import fedprox
 from fedjax_mm.algorithms.scaffold import scaffold
+from fedjax_mm.registry import Registry
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova")
-
-
-def make_algorithm(name: str, *, prox_mu: float = 0.0,
-                   client_momentum: float = 0.0) -> Algorithm:
-  """An algorithm by name.
-
-  Args:
-    name: one of ``ALGORITHMS``.
-    prox_mu: FedProx's proximal coefficient μ.
-    client_momentum: the client optimizer's heavy-ball momentum (0 for plain
-      SGD), which FedNova's normalizer depends on.
-  """
-  if name == "fedavg":
-    return fedavg()
-  if name == "fedprox":
-    return fedprox(prox_mu)
-  if name == "scaffold":
-    return scaffold()
-  if name == "fednova":
-    return fednova(client_momentum)
-  raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {name!r}")
-
+ALGORITHMS = Registry("algorithm", [
+    _fedavg.PART,
+    _fedprox.PART,
+    _scaffold.PART,
+    _fednova.PART,
+    _feddyn.PART,
+])
 
 __all__ = ["ALGORITHMS", "Aggregates", "Algorithm", "ClientWork", "ServerWork", "fedavg",
-           "fednova", "fedprox", "local_training", "make_algorithm", "scaffold",
-           "stateless_server"]
+           "feddyn", "fednova", "fedprox", "local_training", "scaffold", "stateless_server"]

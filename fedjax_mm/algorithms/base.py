@@ -100,6 +100,21 @@ def no_state(_: PyTree) -> tuple:
   return ()
 
 
+SGD_CLIENTS = ("sgd", "momentum")
+
+
+def require_sgd_clients(algorithm: str, client_optimizer: str, why: str) -> None:
+  """Refuses a client optimizer other than (momentum) SGD for an algorithm that needs it.
+
+  Raises:
+    ValueError: ``"client_optimizer: <algorithm> <why>; it needs ('sgd',
+      'momentum') clients, got <name>"``.
+  """
+  if client_optimizer not in SGD_CLIENTS:
+    raise ValueError(f"client_optimizer: {algorithm} {why}; it needs {SGD_CLIENTS} clients, "
+                     f"got {client_optimizer!r}")
+
+
 def stateless_server() -> ServerWork:
   """Server work that passes the aggregate through (FedAvg, FedProx)."""
   return ServerWork(init=no_state, broadcast=lambda state: state,

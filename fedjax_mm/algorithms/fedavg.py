@@ -13,8 +13,13 @@ References:
 from __future__ import annotations
 
 from fedjax_mm.algorithms.base import Algorithm, local_training, stateless_server
+from fedjax_mm.registry import Part
 
 
 def fedavg() -> Algorithm:
   """The default algorithm: plain local training, stateless server."""
   return Algorithm(name="fedavg", client=local_training(), server=stateless_server())
+
+
+PART = Part("fedavg", fedavg, "FedAvg",
+            "local training, weighted mean of the updates (McMahan et al., AISTATS 2017)")

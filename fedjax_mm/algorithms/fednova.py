@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from fedjax_mm import checks
 from fedjax_mm import client as client_lib
 from fedjax_mm.algorithms.base import (Aggregates, Algorithm, ClientWork, ServerWork,
-                                       no_state)
+                                       no_state, require_sgd_clients)
+from fedjax_mm.registry import Part
 
 WEIGHTED_STEPS = "weighted_steps"
 
@@ -46,13 +47,23 @@ def effective_steps(num_steps: jax.Array, momentum: float) -> jax.Array:
   return (tau - rho * (1.0 - rho ** tau) / (1.0 - rho)) / (1.0 - rho)
 
 
-def fednova(momentum: float = 0.0) -> Algorithm:
-  """FedNova for SGD clients (``momentum`` = the client optimizer's ρ, in [0, 1)).
+def fednova(client_momentum: float = 0.0, *, client_optimizer: str = "sgd") -> Algorithm:
+  """FedNova for SGD clients.
+
+  Args:
+    client_momentum: the client optimizer's heavy-ball ρ in [0, 1) (run
+      context: the normalizer depends on it).
+    client_optimizer: the clients' optimizer (run context); FedNova
+      normalizes by the effective number of SGD steps, so only (momentum)
+      SGD clients are accepted.
 
   Example:
-    >>> algorithm = fednova(momentum=0.0)
+    >>> algorithm = fednova(client_momentum=0.0)
   """
-  checks.number("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+  momentum = client_momentum
+  checks.number("client_momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+  require_sgd_clients("fednova", client_optimizer,
+                      "normalizes by the effective number of SGD steps")
 
   def client_update(ctx: client_lib.LocalContext, slot: client_lib.ClientSlot, state):
     carry = client_lib.local_steps(ctx, slot)
@@ -71,3 +82,8 @@ def fednova(momentum: float = 0.0) -> Algorithm:
       name="fednova",
       client=ClientWork(init_state=no_state, update=client_update),
       server=ServerWork(init=no_state, broadcast=lambda state: state, finalize=finalize))
+
+
+PART = Part("fednova", fednova, "FedNova",
+            "normalized averaging of SGD clients (Wang et al., NeurIPS 2020)",
+            context=("client_momentum", "client_optimizer"))

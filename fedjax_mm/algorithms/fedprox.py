@@ -18,15 +18,16 @@ import jax
 
 from fedjax_mm import checks
 from fedjax_mm.algorithms.base import Algorithm, local_training, stateless_server
+from fedjax_mm.registry import Part
 
 
-def fedprox(mu: float) -> Algorithm:
-  """FedProx with proximal coefficient ``mu`` (>= 0).
+def fedprox(mu: float = 0.01) -> Algorithm:
+  """FedProx with proximal coefficient ``mu`` (>= 0, finite; 0 is FedAvg).
 
   Example:
     >>> algorithm = fedprox(mu=0.01)
   """
-  checks.number("mu", mu, lambda v: v >= 0, ">= 0")
+  checks.number("mu", mu, lambda v: 0 <= v < float("inf"), ">= 0")
 
   def make_correction(ctx, state):
     del state
@@ -35,3 +36,7 @@ def fedprox(mu: float) -> Algorithm:
 
   return Algorithm(name="fedprox", client=local_training(make_correction),
                    server=stateless_server())
+
+
+PART = Part("fedprox", fedprox, "FedProx",
+            "local steps with a proximal term mu/2 |w - w_global|^2 (Li et al., MLSys 2020)")

@@ -41,17 +41,27 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_mm import client as client_lib
-from fedjax_mm.algorithms.base import Aggregates, Algorithm, ClientWork, ServerWork
+from fedjax_mm.algorithms.base import (Aggregates, Algorithm, ClientWork, ServerWork,
+                                       require_sgd_clients)
+from fedjax_mm.registry import Part
 
 DELTA_CONTROL = "delta_control"
 
 
-def scaffold() -> Algorithm:
+def scaffold(*, client_optimizer: str = "sgd") -> Algorithm:
   """SCAFFOLD with option-II control variates.
 
+  Args:
+    client_optimizer: the clients' optimizer (run context): option II
+      estimates the client gradient as ``delta / (K_i η_l)``, in gradient
+      units only for (momentum) SGD steps, so others are refused.
+
   Example:
-    >>> algorithm = scaffold()   # with server.optimizer=fedavg, lr = η_g
+    >>> algorithm = scaffold()   # with server.kind=fedavg, lr = η_g
   """
+  require_sgd_clients("scaffold", client_optimizer,
+                      "estimates client gradients as delta / (steps x lr) (option II), in "
+                      "gradient units only for SGD steps")
 
   def init_state(trainable):
     return optax.tree.zeros_like(trainable)
@@ -84,3 +94,8 @@ def scaffold() -> Algorithm:
       name="scaffold",
       client=ClientWork(init_state=init_state, update=client_update),
       server=ServerWork(init=server_init, broadcast=lambda c: c, finalize=finalize))
+
+
+PART = Part("scaffold", scaffold, "SCAFFOLD",
+            "control variates correct client drift (Karimireddy et al., ICML 2020)",
+            context=("client_optimizer",))

@@ -22,6 +22,9 @@ from flax import struct
 from fedjax_mm.data import permutation
 
 LOCAL_MODES = ("steps", "epochs")
+# Cohort sampling (see RoundSpec.sampling): uniform without replacement, in
+# proportion to client size, or one pass over a fixed permutation.
+SAMPLINGS = ("uniform", "size", "one_pass")
 
 
 @struct.dataclass

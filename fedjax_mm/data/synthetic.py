@@ -32,8 +32,9 @@ _BLOCK_EXAMPLES = 65_536
 def client_sizes(rng: np.random.Generator, num_clients: int, *, mean: float,
                  sigma: float, min_size: int, max_size: int) -> np.ndarray:
   """Power-law-like (lognormal) client sizes, ``int(lognormal) + min_size``."""
-  sizes = rng.lognormal(mean, sigma, num_clients).astype(np.int64) + min_size
-  return np.minimum(sizes, max_size).astype(np.int32)
+  # Capped in float before the cast: a huge draw (or mean) would overflow int64.
+  draws = np.floor(rng.lognormal(mean, sigma, num_clients)) + min_size
+  return np.minimum(draws, max_size).astype(np.int32)
 
 
 def generate(seed: int, num_clients: int, *, alpha: float = 1.0,

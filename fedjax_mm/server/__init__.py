@@ -1,5 +1,13 @@
-"""Server-side optimizers applied to the aggregated client pseudo-gradient."""
+"""Server-side optimizers applied to the aggregated client pseudo-gradient.
 
+``SERVER`` is the registry (``config.server.kind`` and
+``config.server.<kind>.<option>``); adding an optimizer is a factory
+``(learning_rate, **options) -> optax transform`` with a ``Part`` line.
+"""
+
+from fedjax_mm.registry import Registry
+from fedjax_mm.server import fedopt as _fedopt
+from fedjax_mm.server import orthogonal_momentum as _orthogonal_momentum
 from fedjax_mm.server.adaptive import FedAdagradState
 from fedjax_mm.server.adaptive import FedAdamState
 from fedjax_mm.server.adaptive import FedYogiState
@@ -10,13 +18,17 @@ from fedjax_mm.server.conventions import BIAS_CORRECTIONS
 from fedjax_mm.server.conventions import CONVENTIONS
 from fedjax_mm.server.conventions import DEFAULT_CONVENTION
 from fedjax_mm.server.conventions import TAU_PLACEMENTS
-from fedjax_mm.server.fedopt import SERVER_OPTIMIZERS
 from fedjax_mm.server.fedopt import fedadagrad
 from fedjax_mm.server.fedopt import fedadam
 from fedjax_mm.server.fedopt import fedavg
 from fedjax_mm.server.fedopt import fedavgm
 from fedjax_mm.server.fedopt import fedyogi
-from fedjax_mm.server.fedopt import make_server_optimizer
+from fedjax_mm.server.orthogonal_momentum import opm
+
+SERVER = Registry("server optimizer", [
+    *_fedopt.PARTS,
+    _orthogonal_momentum.PART,
+])
 
 __all__ = [
     "BIAS_CORRECTIONS",
@@ -25,14 +37,14 @@ __all__ = [
     "FedAdagradState",
     "FedAdamState",
     "FedYogiState",
-    "SERVER_OPTIMIZERS",
+    "SERVER",
     "TAU_PLACEMENTS",
     "fedadagrad",
     "fedadam",
     "fedavg",
     "fedavgm",
     "fedyogi",
-    "make_server_optimizer",
+    "opm",
     "scale_by_fedadagrad",
     "scale_by_fedadam",
     "scale_by_fedyogi",

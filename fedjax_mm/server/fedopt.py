@@ -12,7 +12,7 @@ so FedAvg is ``optax.sgd(1.0)`` (``params ← params - Δ``) and the FedOpt fami
 transform counts its own updates, so a learning-rate schedule and the bias
 correction are indexed by round.
 
-This module holds the named optimizers and :func:`make_server_optimizer`; the
+This module holds the named optimizers and their registry lines (``PARTS``); the
 adaptive directions (``scale_by_fedadam``, ...) live in
 :mod:`fedjax_mm.server.adaptive` and are re-exported here. The adaptive rules,
 their options (``b1``, ``b2``, ``tau``, ``convention``, ``bias_correction``,
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import optax
 
-from fedjax_mm import checks
+from fedjax_mm.registry import Part
 from fedjax_mm.server import conventions
 from fedjax_mm.server.orthogonal_momentum import orthogonal_momentum
 # Re-exported: the config layer, the driver and the tests read them from here.
@@ -48,10 +48,6 @@ from fedjax_mm.server.conventions import CONVENTIONS
 from fedjax_mm.server.conventions import DEFAULT_CONVENTION
 from fedjax_mm.server.conventions import TAU_PLACEMENTS  # noqa: F401
 
-FEDOPT_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-# "opm" (Fed-CMP's momentum) reads the canonical aggregator's basis, passed by
-# the round as the extra argument ``aggregator_state``.
-SERVER_OPTIMIZERS = FEDOPT_OPTIMIZERS + ("opm",)
 
 
 def fedavg(learning_rate: optax.ScalarOrSchedule = 1.0
@@ -67,7 +63,7 @@ def fedavg(learning_rate: optax.ScalarOrSchedule = 1.0
   return optax.sgd(learning_rate)
 
 
-def fedavgm(learning_rate: optax.ScalarOrSchedule, momentum: float,
+def fedavgm(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
             nesterov: bool = False) -> optax.GradientTransformation:
   """FedAvg with server momentum: ``m ← μ·m + Δ; x ← x - η·m``.
 
@@ -163,60 +159,18 @@ def fedadagrad(learning_rate: optax.ScalarOrSchedule, b1: float | None = None,
       optax.scale_by_learning_rate(learning_rate))
 
 
-def make_server_optimizer(
-    name: str,
-    *,
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    b1: float | None = None,
-    b2: float | None = None,
-    tau: float | None = None,
-    convention: str = DEFAULT_CONVENTION,
-    bias_correction: str | None = None,
-    tau_placement: str | None = None,
-    initial_v: float | None = None,
-    opm: dict | None = None,
-) -> optax.GradientTransformation:
-  """Builds a server optimizer by name (the entry point of the config layer).
-
-  The shared FedOpt options are ignored by ``fedavg``/``fedavgm`` (but
-  ``convention`` is still validated, to catch config typos), and ``b2`` by
-  ``fedadagrad``; ``momentum``/``nesterov`` apply to ``fedavgm`` only.
-
-  Args:
-    name: one of ``SERVER_OPTIMIZERS``.
-    learning_rate: server learning rate η, a float or a schedule of the round.
-    momentum: FedAvgM's (and OPM's) μ; must stay 0 for ``fedavg``.
-    nesterov: FedAvgM's Nesterov flag.
-    b1, b2, tau, convention, bias_correction, tau_placement, initial_v: the
-      shared FedOpt options, see :mod:`fedjax_mm.server.conventions`.
-    opm: ``"opm"`` only: keyword options of
-      :func:`~fedjax_mm.server.orthogonal_momentum.orthogonal_momentum` (Fed-CMP's
-      momentum on the canonical aggregator's basis; ``rank`` must match it).
-
-  Returns:
-    The optimizer.
-
-  Raises:
-    ValueError: on an unknown name or option value.
-  """
-  checks.one_of("server optimizer name", name, SERVER_OPTIMIZERS)
-  checks.one_of("convention", convention, CONVENTIONS)
-  if name == "fedavg":
-    if momentum != 0.0:
-      raise ValueError(f"momentum: must be 0 for 'fedavg' (use 'fedavgm'), "
-                       f"got {momentum!r}")
-    return fedavg(learning_rate)
-  if name == "fedavgm":
-    return fedavgm(learning_rate, momentum, nesterov)
-  if name == "opm":
-    return optax.chain(orthogonal_momentum(momentum, **(opm or {})),
-                       optax.scale_by_learning_rate(learning_rate))
-  options = dict(convention=convention, bias_correction=bias_correction,
-                 tau_placement=tau_placement, initial_v=initial_v)
-  if name == "fedadam":
-    return fedadam(learning_rate, b1, b2, tau, **options)
-  if name == "fedyogi":
-    return fedyogi(learning_rate, b1, b2, tau, **options)
-  return fedadagrad(learning_rate, b1, tau, **options)
+# The server learning rate (a float or a schedule of the round) comes from the
+# run (``config.server.learning_rate`` and its schedule), not from a part's options.
+_LR = ("learning_rate",)
+PARTS = (
+    Part("fedavg", fedavg, "FedAvg", "x <- x - lr * mean delta (McMahan et al., 2017)",
+         context=_LR),
+    Part("fedavgm", fedavgm, "FedAvgM", "server heavy-ball momentum (Hsu et al., 2019)",
+         context=_LR),
+    Part("fedadam", fedadam, "FedAdam", "adaptive server step (Reddi et al., ICLR 2021)",
+         context=_LR),
+    Part("fedyogi", fedyogi, "FedYogi", "Yogi's additive second moment (Reddi et al., 2021)",
+         context=_LR),
+    Part("fedadagrad", fedadagrad, "FedAdagrad", "accumulated second moment (Reddi et al.)",
+         context=_LR),
+)

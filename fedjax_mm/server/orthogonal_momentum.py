@@ -61,6 +61,7 @@ import optax
 
 from fedjax_mm import checks
 from fedjax_mm.aggregation import canonical
+from fedjax_mm.registry import Part
 
 VARIANTS = ("stiefel", "span")
 RETRACTIONS = ("qr", "polar")
@@ -130,6 +131,8 @@ def orthogonal_momentum(momentum: float = 0.9, *, rank: int | float | None = Non
   checks.one_of("variant", variant, VARIANTS)
   checks.one_of("retraction", retraction, RETRACTIONS)
   checks.one_of("residual", residual, RESIDUALS)
+  if not isinstance(procrustes, bool):
+    raise ValueError(f"procrustes: must be True or False, got {procrustes!r}")
   unit = lambda v: 0 <= v < 1
   checks.number("momentum", momentum, unit, "in [0, 1)")
   checks.number("basis_momentum", basis_momentum, unit, "in [0, 1)")
@@ -201,3 +204,35 @@ def orthogonal_momentum(momentum: float = 0.9, *, rank: int | float | None = Non
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+def opm(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, variant: str = "stiefel",
+        basis_momentum: float = 0.5, basis_step: float = 1.0, retraction: str = "polar",
+        procrustes: bool = True, residual: str = "keep", *, aggregator_kind: str = "canonical",
+        aggregator_rank: int | float | None = None) -> optax.GradientTransformationExtraArgs:
+  """Fed-CMP's server optimizer: :func:`orthogonal_momentum`, then ``-η``.
+
+  Args:
+    learning_rate: server learning rate η (run context), a float or a schedule.
+    momentum, variant, basis_momentum, basis_step, retraction, procrustes,
+      residual: see :func:`orthogonal_momentum`.
+    aggregator_kind: the run's aggregator (context): OPM moves the canonical
+      aggregator's shared basis, so it must be ``"canonical"``.
+    aggregator_rank: that aggregator's basis size (context; None = full).
+
+  Returns:
+    The chained extra-args transform (the round passes ``aggregator_state``).
+  """
+  if aggregator_kind != "canonical":
+    raise ValueError("aggregator_kind: 'opm' moves the canonical aggregator's shared basis, "
+                     f"so it needs 'canonical', got {aggregator_kind!r}")
+  return optax.chain(
+      orthogonal_momentum(momentum, rank=aggregator_rank, variant=variant,
+                          basis_momentum=basis_momentum, basis_step=basis_step,
+                          retraction=retraction, procrustes=procrustes, residual=residual),
+      optax.scale_by_learning_rate(learning_rate))
+
+
+PART = Part("opm", opm, "OPM",
+            "Fed-CMP's orthogonality-preserved momentum on the CRA basis (a reconstruction)",
+            context=("learning_rate", "aggregator_kind", "aggregator_rank"))

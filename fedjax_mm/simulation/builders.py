@@ -14,9 +14,10 @@ import numpy as np
 import optax
 
 from fedjax_mm import aggregation, algorithms, client as client_lib, configuration, schedules
-from fedjax_mm.aggregation.canonical_streamed import streamable
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.data import federated
-from fedjax_mm.server import fedopt
+from fedjax_mm.server import SERVER
 from fedjax_mm.types import Task
 
 
@@ -35,19 +36,32 @@ def schedule(section: ml_collections.ConfigDict, num_rounds: int) -> optax.Scala
       end_value=section.end_value, step_rounds=section.step_rounds)
 
 
+# Where each run-context value of a part comes from, to name it in an error.
+CONTEXT_PATHS = {
+    "cohort_size": "clients_per_round",
+    "client_optimizer": "client.optimizer",
+    "client_momentum": "client.momentum",
+    "learning_rate": "server.learning_rate",
+    "aggregator_kind": "aggregation.kind",
+    "aggregator_rank": "aggregation.canonical.rank",
+    "max_stack_bytes": "aggregation.max_stack_mib",
+}
+
+
+def _built(registry, section, path: str, context: dict):
+  try:
+    return registry.build(section, path, context, CONTEXT_PATHS)
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from None
+
+
 def server_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  s = config.server
-  opm = None
-  if s.optimizer == "opm":
-    opm = dict(rank=config.aggregation.canonical_rank or None, variant=s.opm_variant,
-               basis_momentum=s.basis_momentum, basis_step=s.basis_step,
-               retraction=s.retraction, procrustes=bool(s.procrustes), residual=s.opm_residual)
-  return fedopt.make_server_optimizer(
-      s.optimizer, learning_rate=schedule(s, config.num_rounds),
-      momentum=s.momentum if s.optimizer in ("fedavgm", "opm") else 0.0,
-      b1=s.b1, b2=s.b2, tau=s.tau, convention=s.convention,
-      bias_correction=s.bias_correction, tau_placement=s.tau_placement,
-      initial_v=s.initial_v, opm=opm)
+  """``config.server`` -> the server's optax transform (its schedule over rounds)."""
+  g = config.aggregation
+  rank = g.canonical.rank if g.kind == "canonical" else 0
+  context = dict(learning_rate=schedule(config.server, config.num_rounds),
+                 aggregator_kind=g.kind, aggregator_rank=rank or None)
+  return _built(SERVER, config.server, "server", context)
 
 
 def client_optimizer(config: ml_collections.ConfigDict) -> client_lib.ClientOptimizerFactory:
@@ -55,44 +69,27 @@ def client_optimizer(config: ml_collections.ConfigDict) -> client_lib.ClientOpti
                                           momentum=config.client.momentum)
 
 
-def canonical_streamed(config: ml_collections.ConfigDict, template=None) -> bool:
-  """Whether the canonical aggregator takes its streamed path.
-
-  ``canonical_path="auto"`` streams when the stacked cohort (``template``
-  x ``clients_per_round``) would exceed ``aggregation.max_stack_mib`` and
-  the options allow streaming; otherwise the stacked path is kept (and the
-  round refuses it over the cap, naming the numbers).
-  """
-  g = config.aggregation
-  if g.canonical_path != "auto":
-    return g.canonical_path == "streamed"
-  if template is None:
-    return False
-  too_big = aggregation.stack_bytes(template, config.clients_per_round) > g.max_stack_mib * 2**20
-  return too_big and streamable(g.canonical_reliability, g.canonical_score_with)
+def max_stack_bytes(config: ml_collections.ConfigDict) -> int:
+  return int(config.aggregation.max_stack_mib * 2**20)
 
 
 def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
-  """``config.algorithm`` and ``config.aggregation`` -> :class:`RoundParts`.
+  """``config.algorithm``, ``config.preprocess`` and ``config.aggregation`` -> :class:`RoundParts`.
 
   ``template`` (one client's update, e.g. ``jax.eval_shape`` of the trainable
-  init) lets ``canonical_path="auto"`` pick the stacked or streamed path.
+  init) lets an aggregator size its memory plan (e.g. CRA's ``path="auto"``).
   """
-  a, g = config.algorithm, config.aggregation
   momentum = config.client.momentum if config.client.optimizer == "momentum" else 0.0
-  algorithm = algorithms.make_algorithm(a.name, prox_mu=a.prox_mu, client_momentum=momentum)
-  preprocessors = (aggregation.l2_clip(g.clip_norm),) if g.clip_norm > 0 else ()
-  aggregator = aggregation.make_aggregator(
-      g.kind, cohort_size=config.clients_per_round, trim_fraction=g.trim_fraction,
-      num_byzantine=g.num_byzantine, num_selected=g.num_selected,
-      smoothing=g.gm_smoothing, max_iters=g.gm_max_iters, rank=g.canonical_rank,
-      reliability=g.canonical_reliability, temperature=g.canonical_temperature,
-      fusion=g.canonical_fusion, score_with=g.canonical_score_with,
-      decompose=g.canonical_decompose,
-      streamed=g.kind == "canonical" and canonical_streamed(config, template),
-      density=g.merge_density, merge_scale=g.merge_scale, knots_merge_kind=g.knots_merge,
-      knots_rank=g.knots_rank)
-  return RoundParts(algorithm, preprocessors, aggregator)
+  context = dict(client_optimizer=config.client.optimizer, client_momentum=momentum,
+                 cohort_size=config.clients_per_round, template=template,
+                 max_stack_bytes=max_stack_bytes(config))
+  algorithm = _built(ALGORITHMS, config.algorithm, "algorithm", context)
+  preprocessors = []
+  for name in configuration.chain_names(config.preprocess.chain):
+    section = ml_collections.ConfigDict({"kind": name, name: config.preprocess[name]})
+    preprocessors.append(_built(PREPROCESSORS, section, "preprocess", context))
+  aggregator = _built(AGGREGATORS, config.aggregation, "aggregation", context)
+  return RoundParts(algorithm, tuple(preprocessors), aggregator)
 
 
 def aggregation_weights(config: ml_collections.ConfigDict, train: federated.FederatedData,

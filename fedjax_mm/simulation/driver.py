@@ -26,6 +26,7 @@ from fedjax_mm.simulation import builders
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.simulation import run_config
+from fedjax_mm.simulation import validation
 
 
 class NonFiniteError(RuntimeError):
@@ -72,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``return_trainable``, ``(summary, trainable)``.
   """
   # --- Config: all checks before any compute. -------------------------------
-  configuration.validate(config)
+  validation.validate(config)
   if config.num_devices > jax.device_count():
     raise configuration.ConfigError(
         f"config.num_devices: must be <= {jax.device_count()} (devices present), "

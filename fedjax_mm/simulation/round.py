@@ -36,7 +36,7 @@ from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
 from fedjax_mm.types import ClientResult, PyTree, ServerState, Task
 
-SAMPLINGS = ("uniform", "size", "one_pass")
+SAMPLINGS = federated.SAMPLINGS
 DEFAULT_MAX_STACK_BYTES = 4 * 2**30
 
 

@@ -1,0 +1,30 @@
+"""Every check of a run config, before any data is built or anything compiled.
+
+Three layers, each owning its fields: the run-level fields
+(``configuration.validate_run``), the chosen dataset's own fields
+(``setups.validate``), and every chosen part, dry-built from its registry so
+that a part's own checks (and its checks against the run, e.g. Krum's
+``clients_per_round >= 2 f + 3``) speak with the config path
+(``config.aggregation.krum.num_byzantine: must be ...``). Building a part
+allocates nothing: parts are closures over their options.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from fedjax_mm import configuration, setups
+from fedjax_mm.simulation import builders
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`~fedjax_mm.configuration.ConfigError` on the first invalid field."""
+  configuration.validate_run(config)
+  try:
+    setups.validate(config)
+  except configuration.ConfigError:
+    raise
+  except ValueError as e:   # the registry's own "config.data.name: ..." line
+    raise configuration.ConfigError(str(e)) from None
+  builders.server_optimizer(config)
+  builders.round_parts(config)
