@@ -19,6 +19,7 @@ import pytest
 
 from fedjax_mm.aggregation import (coordinate_median, geometric_median, krum,
                                    krum_scores, trimmed_mean)
+from fedjax_mm.aggregation.krum import check_num_byzantine
 
 C = 9
 SHAPES = {"b": (5,), "w": (3, 4)}  # jax.tree orders dict leaves by key.
@@ -175,6 +176,67 @@ def test_krum_matches_reference(seed, f, num_selected):
   expected_selected[valid_indices[chosen]] = True
   np.testing.assert_array_equal(np.asarray(selected), expected_selected)
   np.testing.assert_allclose(_flat(out), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("offset", [300.0, 1e3, 3e3, 1e5, 1e6])
+def test_krum_is_shift_invariant_under_a_large_common_offset(offset):
+  # Defect 9: ||a||^2 + ||b||^2 - 2 a.b on the raw float32 rows cancels when
+  # every update shares a common part `offset` times the spread (before: 5 of
+  # 40 cohorts chose another client than exact arithmetic at 300x, 31 at
+  # 3000x). The reference sees the same float32 rows, in float64.
+  f, p, determined = 2, 50, 0
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    x = (offset * rng.normal(size=p) + rng.normal(size=(10, p))).astype(np.float32)
+    w, m = np.ones(10, np.float32), np.ones(10, bool)
+    x64 = x.astype(np.float64)
+    scores = ref_krum_scores(x64, f)
+    # The choice is fixed by float32 arithmetic when the best score leads
+    # by more than both scores' rounding: on rows centred (exactly) on the
+    # lower median, a float32 squared distance is off by at most
+    # 2 (p + 2) eps (|c_i|^2 + |c_j|^2); a score sums <= 9 of them.
+    c = x64 - np.sort(x64, axis=0)[(len(x) - 1) // 2]
+    sq = np.sum(c * c, axis=1)
+    error = 2 * (p + 2) * np.finfo(np.float32).eps * (9 * sq + np.sum(sq))
+    order = np.argsort(scores)
+    if scores[order[1]] - scores[order[0]] <= error[order[0]] + error[order[1]]:
+      continue
+    determined += 1
+    for num_selected in (1, 4):
+      _, selected = krum({"u": x}, w, m, num_byzantine=f, num_selected=num_selected)
+      _, chosen = ref_krum(x64, w.astype(np.float64), f, num_selected)
+      assert set(np.flatnonzero(np.asarray(selected))) == set(chosen), (seed, num_selected)
+  assert determined >= 15   # the test is not vacuous
+
+
+def test_krum_refuses_more_byzantine_clients_than_its_bound():
+  # C >= 2 f + 3: 9 rows tolerate f = 3 at most.
+  u, w, m = _problem(0)
+  krum(u, w, m, num_byzantine=3)
+  for call in (lambda: krum(u, w, m, num_byzantine=4),
+               lambda: krum_scores(u, m, num_byzantine=4)):
+    with pytest.raises(ValueError, match=r"^num_byzantine: must be an integer in \[0, "
+                       r"\(C - 3\) // 2 = 3\] \(Krum needs C >= 2 f \+ 3; cohort size "
+                       r"C = 9\), got 4$"):
+      call()
+  check_num_byzantine(2, 7)
+  with pytest.raises(ValueError, match=r"num_byzantine: .* = 2\] .* C = 8\), got 3"):
+    check_num_byzantine(3, 8)
+
+
+def test_krum_with_fewer_valid_rows_than_its_bound_uses_one_neighbour():
+  # At run time n is traced: C = 9 rows allow f = 3, but only 3 are valid
+  # (n < 2 f + 3). The n - f - 2 = -2 neighbours are clamped to 1: each
+  # score is the squared distance to the nearest other valid row.
+  # Valid rows (first coordinate of "b", rest 0): 0, 1, 10.
+  u = {k: np.zeros((C,) + s, np.float32) for k, s in SHAPES.items()}
+  u["b"][[2, 5, 7], 0] = [0.0, 1.0, 10.0]
+  m = np.zeros(C, bool)
+  m[[2, 5, 7]] = True
+  scores = np.asarray(krum_scores(u, m, num_byzantine=3))
+  np.testing.assert_array_equal(scores[[2, 5, 7]], [1.0, 1.0, 81.0])
+  _, selected = krum(u, np.ones(C, np.float32), m, num_byzantine=3)
+  assert np.flatnonzero(np.asarray(selected)).tolist() == [2]   # tie: lowest index
 
 
 def test_krum_selects_all_valid_when_fewer_than_m():
@@ -442,7 +504,7 @@ def test_byzantine_robustness(name):
     (lambda u, w, m: trimmed_mean(u, w, m, trim_fraction=-0.1),
      r"trim_fraction.*-0\.1"),
     (lambda u, w, m: krum_scores(u, m, num_byzantine=-1),
-     r"num_byzantine: must be an integer >= 0, got -1"),
+     r"num_byzantine: must be an integer in \[0, .*\), got -1"),
     (lambda u, w, m: krum(u, w, m, num_byzantine=1.5),
      r"num_byzantine.*1\.5"),
     (lambda u, w, m: krum(u, w, m, num_byzantine=1, num_selected=0),
