@@ -10,7 +10,7 @@ get the padded stack with garbage in the masked-out rows):
 
 from __future__ import annotations
 
-import math
+import fractions
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import pytest
 from fedjax_mm.aggregation import (coordinate_median, geometric_median, krum,
                                    krum_scores, trimmed_mean)
 from fedjax_mm.aggregation.krum import check_num_byzantine
+from fedjax_mm.data.federated import fraction_count
 
 C = 9
 SHAPES = {"b": (5,), "w": (3, 4)}  # jax.tree orders dict leaves by key.
@@ -77,7 +78,8 @@ def ref_median(x: np.ndarray) -> np.ndarray:
 
 def ref_trimmed_mean(x: np.ndarray, beta: float) -> np.ndarray:
   n, p = x.shape
-  k = int(math.floor(beta * n))
+  # floor(beta * n) in exact rational arithmetic (beta as the decimal it reads).
+  k = int(fractions.Fraction(str(beta)) * n)
   out = np.zeros(p)
   for j in range(p):
     col = sorted(x[:, j])
@@ -427,6 +429,48 @@ def test_trim_zero_is_unweighted_mean():
   out = trimmed_mean(u, w, m, trim_fraction=0.0)
   np.testing.assert_allclose(_flat(out), _flat(u, stacked=True)[m].mean(axis=0),
                              rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("fraction, count, rounding, expected", [
+    (0.29, 100, "floor", 29),   # float: 28.999999999999996
+    (0.07, 100, "ceil", 7),     # float: 7.000000000000001
+    (0.7, 10, "ceil", 7),       # float: 7.000000000000001
+    (0.3, 10, "floor", 3),
+    (0.25, 9, "floor", 2),
+    (0.25, 9, "ceil", 3),
+    (0.49, 3, "floor", 1),
+    (0.0, 5, "ceil", 0),
+])
+def test_fraction_count_reads_the_product_as_a_decimal(fraction, count, rounding, expected):
+  assert int(fraction_count(fraction, count, rounding=rounding)) == expected
+  np.testing.assert_array_equal(
+      fraction_count(fraction, np.array([count, 2 * count]), rounding=rounding)[0], expected)
+
+
+def test_fraction_count_refuses_an_unknown_rounding():
+  with pytest.raises(ValueError, match=r"^rounding: must be one of \('floor', 'ceil'\), "
+                     r"got 'round'$"):
+    fraction_count(0.5, 3, rounding="round")
+
+
+def test_trimmed_mean_trims_29_of_100_at_beta_029():
+  # Defect 11: floor(0.29 * 100) in floats is 28. Column values i^2 (not
+  # symmetric, so 28 and 29 give different means), shuffled over the rows;
+  # 29 dropped at each end leaves i = 29..70: the mean of their squares.
+  rng = np.random.default_rng(0)
+  values = rng.permutation(np.arange(100) ** 2).astype(np.float32)
+  out = trimmed_mean({"u": values[:, None]}, np.ones(100, np.float32), np.ones(100, bool),
+                     trim_fraction=0.29)
+  expected = sum(i * i for i in range(29, 71)) / 42   # 2229.5 exactly
+  # Exact integers below 2^24 summed in float32, one division: 1 ulp.
+  np.testing.assert_allclose(float(out["u"][0]), expected, rtol=np.finfo(np.float32).eps)
+
+
+def test_trimmed_mean_hand_case():
+  # n = 10, beta = 0.1: k = 1 drops 0 and 100 per coordinate, mean of 1..8.
+  u = {"u": np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 100], np.float32)[::-1, None]}
+  out = trimmed_mean(u, np.ones(10, np.float32), np.ones(10, bool), trim_fraction=0.1)
+  assert float(out["u"][0]) == 4.5   # small integers: exact in float32
 
 
 def test_median_of_odd_set_is_an_element_per_coordinate():
