@@ -204,7 +204,8 @@ _BAD = [
      "aggregation.trimmed_mean.trim_fraction", r"in \[0, 0\.5\), got 0\.5"),
     ("krum_bound", _set_all(("aggregation.kind", "krum"), ("aggregation.krum.num_byzantine", 4)),
      "aggregation.krum.num_byzantine",
-     r"in \[0, 3\] \(Krum needs clients_per_round = 10 >= 2 num_byzantine \+ 3\), got 4"),
+     r"in \[0, \(C - 3\) // 2 = 3\] \(Krum needs C >= 2 f \+ 3; cohort size C = 10\), "
+     r"got 4"),
     ("selected_gt_cohort", _set_all(("aggregation.kind", "multi_krum"),
                                     ("aggregation.multi_krum.num_selected", 11)),
      "aggregation.multi_krum.num_selected", r"in \[0, clients_per_round = 10\].*got 11"),

@@ -13,7 +13,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from fedjax_mm.aggregation.base import CohortAggregator, stateless
 from fedjax_mm.registry import Part
 from fedjax_mm.aggregation.stacked import (flatten_clients,
                                            sorted_with_invalid_last)
+from fedjax_mm.data.federated import fraction_count
 from fedjax_mm.types import PyTree
 
 
@@ -66,11 +66,12 @@ def _coordinate_median(updates: PyTree, weights: jax.Array,
 
 
 def _trim_count(trim_fraction: float, n: int) -> int:
-  """``floor(trim_fraction * n)``, capped so the median element(s) remain."""
-  # (n - 1) // 2 per side leaves 1 element (odd n) or the 2 middle elements
-  # (even n). With trim_fraction < 0.5 the cap never binds, because
-  # floor(beta * n) <= beta * n < n / 2; it only documents the guarantee.
-  return min(math.floor(trim_fraction * n), max((n - 1) // 2, 0))
+  """``floor(trim_fraction * n)`` (``fraction_count``), capped so the median remains."""
+  # fraction_count rounds the product first: a plain float floor gives
+  # floor(0.29 * 100) = 28. (n - 1) // 2 per side leaves 1 element (odd n) or
+  # the 2 middle elements (even n); with trim_fraction < 0.5 it binds only
+  # when the rounding lifts beta * n to n / 2 (beta within 5e-10 / n of 0.5).
+  return min(int(fraction_count(trim_fraction, n)), max((n - 1) // 2, 0))
 
 
 def trimmed_mean(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
@@ -78,8 +79,9 @@ def trimmed_mean(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   """Coordinate-wise beta-trimmed mean of the valid clients (Yin et al. 2018).
 
   Per coordinate, the ``k = floor(trim_fraction * n)`` smallest and the k
-  largest of the n valid values are dropped and the remaining ``n - 2k`` are
-  averaged (unweighted, as in the paper; ``weights`` is unused). With
+  largest of the n valid values are dropped (the product rounded to 9
+  decimals first, :func:`fedjax_mm.data.federated.fraction_count`: 0.29 * 100
+  gives 29) and the remaining ``n - 2k`` are averaged (unweighted, as in the paper; ``weights`` is unused). With
   ``trim_fraction = 0`` this is the plain mean of the valid clients. Since
   ``trim_fraction < 0.5``, at least one value always remains; k is in any case
   capped at ``(n - 1) // 2`` so that the median element(s) are kept.
@@ -109,7 +111,7 @@ def _trimmed_mean(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   num_clients = x.shape[0]
   ordered = sorted_with_invalid_last(x, mask)
   # n is traced but bounded by the static C, so k(n) is tabulated in Python
-  # (exact float64 floor, no float32 rounding of beta * n) and looked up.
+  # (fraction_count's rule, no float32 rounding of beta * n) and looked up.
   k_table = jnp.asarray(
       [_trim_count(trim_fraction, m) for m in range(num_clients + 1)],
       jnp.int32)

@@ -4,6 +4,13 @@ Inputs follow the stacked-cohort convention of ``stacked.py``: updates
 ``[C, ...]``, weights ``[C]``, mask ``[C]``; masked rows have no influence,
 n is traced, and the aggregate is all zeros when no client is valid.
 
+Krum's guarantee needs ``C >= 2 f + 3`` clients: the functions refuse an
+``f`` that breaks it for the stack's C rows, and a round should check it on
+the cohort size (:func:`check_num_byzantine`; a padded stack is larger).
+At run time the number n of valid rows is traced and may be smaller (excluded
+or padding clients); then the paper's ``n - f - 2`` neighbours are clamped to
+``[1, n - 1]`` and a selection is still made, without the guarantee.
+
 References:
   Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
   Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
@@ -20,14 +27,54 @@ from jax import lax
 
 from fedjax_mm import checks
 from fedjax_mm.aggregation.base import CohortAggregator, stateless
+from fedjax_mm.aggregation.stacked import (flatten_clients, normalized_weights,
+                                           sorted_with_invalid_last)
 from fedjax_mm.registry import Part
-from fedjax_mm.aggregation.stacked import flatten_clients, normalized_weights
 from fedjax_mm.types import PyTree
+
+
+def check_num_byzantine(num_byzantine, cohort_size: int) -> None:
+  """Checks Krum's bound ``C >= 2 f + 3`` (Blanchard et al. 2017, Prop. 1).
+
+  Args:
+    num_byzantine: f, the number of Byzantine clients tolerated.
+    cohort_size: C, the clients per round (padding slots excluded).
+
+  Raises:
+    ValueError: ``num_byzantine: must be an integer in [0, (C - 3) // 2 = ..]
+      ...`` if f is not an integer or ``C < 2 f + 3``.
+  """
+  limit = (cohort_size - 3) // 2
+  checks.number("num_byzantine", num_byzantine, lambda v: 0 <= v <= limit,
+                f"in [0, (C - 3) // 2 = {limit}] (Krum needs C >= 2 f + 3; "
+                f"cohort size C = {cohort_size})", integer=True)
+
+
+def _stack_size(mask) -> int:
+  shape = jnp.shape(mask)
+  return shape[0] if len(shape) == 1 else 0   # a bad mask: flatten_clients says why
+
+
+def _centred(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """``x`` minus the valid rows' coordinate-wise median (invalid rows stay 0)."""
+  # Distances are shift-invariant, but ||a||^2 + ||b||^2 - 2 a.b in float32
+  # is not: a common offset D cancels to ~eps D^2 absolute. Centring on the
+  # median removes it (x_i - median is exact when both are within a factor 2,
+  # Sterbenz), and, unlike the mean, the median stays inside the honest
+  # majority however far the attackers are, so honest-to-honest distances
+  # (the ones Krum ranks) keep full relative precision.
+  n = jnp.sum(mask, dtype=jnp.int32)
+  ordered = sorted_with_invalid_last(x, mask)
+  median = lax.dynamic_index_in_dim(ordered, jnp.maximum((n - 1) // 2, 0),
+                                    axis=0, keepdims=False)
+  median = jnp.where(n > 0, median, jnp.zeros((), x.dtype))
+  return jnp.where(mask[:, None], x - median[None, :], jnp.zeros((), x.dtype))
 
 
 def _krum_scores_flat(x: jax.Array, mask: jax.Array, n: jax.Array,
                       num_byzantine: int) -> jax.Array:
   num_clients = x.shape[0]
+  x = _centred(x, mask)
   # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b from the Gram matrix: O(C^2 + C*P)
   # memory instead of the O(C^2 * P) of broadcasting differences. HIGHEST
   # precision so that accelerators do not use reduced-precision (e.g. TF32)
@@ -69,10 +116,10 @@ def krum_scores(updates: PyTree, mask: jax.Array, *,
     ``[C]`` scores (lower is more central).
 
   Raises:
-    ValueError: if ``num_byzantine`` is not an integer >= 0.
+    ValueError: if ``num_byzantine`` is not an integer with
+      ``C >= 2 f + 3`` (C = ``mask.shape[0]``, the stack's rows).
   """
-  checks.number("num_byzantine", num_byzantine, lambda v: v >= 0, ">= 0",
-                integer=True)
+  check_num_byzantine(num_byzantine, _stack_size(mask))
   return _krum_scores(updates, mask, num_byzantine=int(num_byzantine))
 
 
@@ -110,10 +157,10 @@ def krum(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
     clients.
 
   Raises:
-    ValueError: if ``num_byzantine`` or ``num_selected`` is out of range.
+    ValueError: if ``num_selected < 1`` or ``num_byzantine`` is not an integer
+      with ``C >= 2 f + 3`` (C = ``mask.shape[0]``, the stack's rows).
   """
-  checks.number("num_byzantine", num_byzantine, lambda v: v >= 0, ">= 0",
-                integer=True)
+  check_num_byzantine(num_byzantine, _stack_size(mask))
   checks.number("num_selected", num_selected, lambda v: v >= 1, ">= 1",
                 integer=True)
   return _krum(updates, weights, mask, num_byzantine=int(num_byzantine),
@@ -146,19 +193,6 @@ def _krum(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   return unravel(aggregate), selected
 
 
-def check_krum_bound(num_byzantine: int, cohort_size: int) -> None:
-  """Krum's guarantee needs ``C >= 2f + 3`` (Blanchard et al. 2017, Prop. 1).
-
-  Raises:
-    ValueError: ``"num_byzantine: must be an integer in [0, (C - 3) // 2] ..."``.
-  """
-  checks.number("cohort_size", cohort_size, lambda v: v >= 1, ">= 1", integer=True)
-  top = (cohort_size - 3) // 2
-  checks.number("num_byzantine", num_byzantine, lambda v: 0 <= v <= top,
-                f"in [0, {top}] (Krum needs clients_per_round = {cohort_size} >= "
-                "2 num_byzantine + 3)", integer=True)
-
-
 def _krum_reducer(num_byzantine: int, num_selected: int):
   def reduce(d, w, mask):
     result, selected = krum(d, w, mask, num_byzantine=num_byzantine,
@@ -169,14 +203,14 @@ def _krum_reducer(num_byzantine: int, num_selected: int):
 
 def krum_aggregator(num_byzantine: int = 0, *, cohort_size: int) -> CohortAggregator:
   """Krum over cohorts of ``cohort_size`` clients tolerating ``num_byzantine``."""
-  check_krum_bound(num_byzantine, cohort_size)
+  check_num_byzantine(num_byzantine, cohort_size)
   return stateless("krum", _krum_reducer(num_byzantine, 1))
 
 
 def multi_krum_aggregator(num_byzantine: int = 0, num_selected: int = 0, *,
                           cohort_size: int) -> CohortAggregator:
   """Multi-Krum: the mean of the ``num_selected`` best (0: ``C - f``)."""
-  check_krum_bound(num_byzantine, cohort_size)
+  check_num_byzantine(num_byzantine, cohort_size)
   checks.number("num_selected", num_selected, lambda v: 0 <= v <= cohort_size,
                 f"in [0, clients_per_round = {cohort_size}] (0 = clients_per_round - "
                 "num_byzantine)", integer=True)

@@ -79,6 +79,34 @@ def example_owners(data: FederatedData) -> np.ndarray:
                    np.asarray(data.sizes))
 
 
+def fraction_count(fraction: float, count, *, rounding: str = "floor"):
+  """``floor(fraction * count)`` (or ``ceil``), read as exact decimal arithmetic.
+
+  The one rule for "a fraction of a count" (the training split here, the
+  trimmed mean's ``floor(beta * n)``): the float64 product is first rounded to
+  9 decimals, then floored or ceiled. A product within 5e-10 of an integer is
+  thus that integer: ``0.29 * 100`` is 28.999999999999996 in floating point,
+  but counts as 29, and ``0.07 * 100`` (7.000000000000001) ceils to 7. Exact
+  for fractions given with up to 9 decimals and counts below 1e6.
+
+  Args:
+    fraction: a finite number (usually in [0, 1]).
+    count: an integer or an integer array.
+    rounding: ``"floor"`` or ``"ceil"``.
+
+  Returns:
+    An int64 array shaped like ``count`` (a 0-d array for a scalar).
+
+  Example:
+    >>> int(fraction_count(0.29, 100))
+    29
+  """
+  if rounding not in ("floor", "ceil"):
+    raise ValueError(f"rounding: must be one of ('floor', 'ceil'), got {rounding!r}")
+  product = np.round(fraction * np.asarray(count, np.float64), 9)
+  return (np.floor if rounding == "floor" else np.ceil)(product).astype(np.int64)
+
+
 def split_by_position(data: FederatedData, first_fraction: float
                       ) -> tuple[FederatedData, FederatedData]:
   """Splits every client's rows: the first ``ceil(f * n)`` rows go left.
@@ -87,8 +115,8 @@ def split_by_position(data: FederatedData, first_fraction: float
   shuffle); a client with at least 2 rows keeps at least one row on each side.
   """
   sizes = np.asarray(data.sizes).astype(np.int64)
-  # Round first: 0.07 * 100 is 7.000000000000001 in floating point.
-  left = np.ceil(np.round(first_fraction * sizes, 9)).astype(np.int64)
+  # Rounded first (fraction_count): 0.07 * 100 is 7.000000000000001.
+  left = fraction_count(first_fraction, sizes, rounding="ceil")
   left = np.where(sizes >= 2, np.clip(left, 1, sizes - 1), sizes)
   owners = example_owners(data)
   position = np.arange(owners.size) - np.asarray(data.offsets)[owners]
