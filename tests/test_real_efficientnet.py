@@ -14,7 +14,7 @@ import pytest
 from fedjax_mm.real import assets
 from fedjax_mm.real import efficientnet
 from fedjax_mm.real import torch_pickle
-from tests.real_fixtures import LegacyPickler, Storage, Tensor, write_legacy
+from real_fixtures import LegacyPickler, Storage, Tensor, write_legacy  # tests/ is on sys.path
 
 def test_reader_reproduces_hand_built_file(tmp_path):
   floats = np.arange(24, dtype=np.float32) * 0.5 - 3.0

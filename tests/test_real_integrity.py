@@ -25,7 +25,7 @@ import pytest
 
 from fedjax_mm.real import assets, f32_cache, gguf_reader, smollm
 from fedjax_mm.real.gguf_file import GGUFFile
-from tests import real_fixtures
+import real_fixtures  # tests/ is on sys.path under pytest
 
 NAME = "smollm2"
 FILE = Path(assets.ASSETS[NAME].member).name     # SmolLM2-135M-Instruct.Q4_1.gguf

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedjax_mm.real import assets, efficientnet, torch_pickle
-from tests.real_fixtures import Storage, Tensor, legacy_header, write_legacy
+from real_fixtures import Storage, Tensor, legacy_header, write_legacy  # tests/ is on sys.path
 
 FLOATS = np.arange(6, dtype=np.float32) - 2.5
 
