@@ -77,6 +77,28 @@ def test_every_truncation_names_the_file_and_fix(tmp_path):
     assert message.endswith("; replace it with an intact copy") and "\n" not in message
 
 
+def test_every_overwritten_byte_loads_or_fails_in_one_line(tmp_path):
+  """Each byte set to 0x00 or 0xFF: inside the data it may load (an unpinned
+  file has no digest), otherwise one DamagedFileError line (or the whitelist's
+  refusal, where a global's name changed), never a bare low-level error."""
+  data = _normal_file(tmp_path / "w.pth").read_bytes()
+  path, causes = tmp_path / "flip.pth", set()
+  for i in range(len(data)):
+    for byte in (b"\x00", b"\xff"):
+      path.write_bytes(data[:i] + byte + data[i + 1:])
+      try:
+        torch_pickle.load(path)
+      except torch_pickle.UnsafePickleError:
+        continue
+      except assets.DamagedFileError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
+        causes.add(type(e.__cause__).__name__ if e.__cause__ else "view")
+  # Every exception type the reader wraps occurs (EOFError: truncation, above),
+  # and out-of-bounds views.
+  assert causes >= {"UnpicklingError", "ValueError", "UnicodeDecodeError", "KeyError",
+                    "TypeError", "view"}, causes
+
+
 NAME = "efficientnet_lite0"
 
 

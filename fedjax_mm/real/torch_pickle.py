@@ -161,14 +161,16 @@ def _read_storage(f: BinaryIO, dtype: np.dtype, numel: int, key: str) -> np.ndar
   return np.frombuffer(_read_exactly(f, count * dtype.itemsize, f"storage {key}"), dtype)
 
 
-def _read_stream(f: BinaryIO, path: str | Path) -> tuple[Any, dict[str, np.ndarray]]:
+def _read_stream(f: BinaryIO) -> tuple[Any, dict[str, np.ndarray]]:
   """The unpickled object and the raw storages (key -> 1-D array), in file order."""
   header = _Unpickler(f)        # the header pickles hold plain ints and dicts
   if header.load() != MAGIC_NUMBER:
-    raise ValueError(f"{path}: not a legacy torch file (bad magic number)")
+    raise ValueError("not a legacy torch file (bad magic number)")
   if (version := header.load()) != PROTOCOL_VERSION:
-    raise ValueError(f"{path}: unsupported protocol version {version}")
-  byteorder = "<" if header.load().get("little_endian", True) else ">"
+    raise ValueError(f"unsupported protocol version {version}")
+  if not isinstance(info := header.load(), dict):
+    raise ValueError(f"system info is a {type(info).__name__}, not a dict")
+  byteorder = "<" if info.get("little_endian", True) else ">"
   unpickler = _Unpickler(f)
   obj = unpickler.load()
   raw = {}
@@ -191,8 +193,9 @@ def load(path: str | Path) -> collections.OrderedDict[str, np.ndarray]:
     UnsafePickleError: the file names a global outside the whitelist, or gives
       a stand-in state (``BUILD``).
     fedjax_mm.real.assets.DamagedFileError: truncated or unreadable pickles or
-      storages (one line: the file and how to replace it).
-    ValueError: a zip-format file, bad magic/protocol, or a bad tensor view.
+      storages, bad magic/protocol, a tensor view outside its storage (one
+      line: the file, the cause and how to replace the file).
+    ValueError: a zip-format file.
   """
   with open(path, "rb") as f:
     if f.read(2) == b"PK":
@@ -200,11 +203,11 @@ def load(path: str | Path) -> collections.OrderedDict[str, np.ndarray]:
                        "handles only the legacy format")
     f.seek(0)
     try:
-      obj, raw = _read_stream(f, path)
+      obj, raw = _read_stream(f)
     except UnsafePickleError:
       raise
-    except (EOFError, struct.error, pickle.UnpicklingError, KeyError, IndexError, TypeError,
-            AttributeError) as e:   # what cut or overwritten pickle bytes raise
+    except (EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as e:
+      # What cut or overwritten bytes raise (ValueError includes UnicodeDecodeError).
       raise assets.damaged(path, f"truncated or damaged legacy torch file "
                            f"({type(e).__name__}: {e})") from e
 
@@ -214,7 +217,7 @@ def load(path: str | Path) -> collections.OrderedDict[str, np.ndarray]:
     if ref.size and any(s > 0 for s in ref.size):
       last = start + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
       if start < 0 or last >= storage.size:
-        raise ValueError(f"tensor view out of bounds of storage {key}")
+        raise assets.damaged(path, f"tensor view out of bounds of storage {key}")
     view = np.lib.stride_tricks.as_strided(
         storage[start:], ref.size, [s * storage.itemsize for s in ref.stride])
     return np.array(view, dtype=storage.dtype.newbyteorder("="), order="C")   # own native copy
