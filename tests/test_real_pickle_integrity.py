@@ -77,6 +77,14 @@ def test_every_truncation_names_the_file_and_fix(tmp_path):
     assert message.endswith("; replace it with an intact copy") and "\n" not in message
 
 
+def test_system_info_must_be_a_dict(tmp_path):
+  path = tmp_path / "info.pth"
+  path.write_bytes(b"".join(pickle.dumps(h, protocol=2) for h in (
+      torch_pickle.MAGIC_NUMBER, torch_pickle.PROTOCOL_VERSION, 5)))
+  with pytest.raises(assets.DamagedFileError, match=r"system info is a int, not a dict"):
+    torch_pickle.load(path)
+
+
 def test_every_overwritten_byte_loads_or_fails_in_one_line(tmp_path):
   """Each byte set to 0x00 or 0xFF: inside the data it may load (an unpinned
   file has no digest), otherwise one DamagedFileError line (or the whitelist's
