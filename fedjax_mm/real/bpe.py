@@ -11,8 +11,12 @@ every digit on its own, then GPT-2's regex (contractions, `` ?letters``,
 `` ?digits``, `` ?other``, whitespace runs) with no prefix space. That is
 ``Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False)])``
 here, with a ByteLevel decoder. Control tokens are registered as special tokens
-so that e.g. ``<|im_start|>`` in text encodes to its single id. BOS is never
-inserted by the tokenizer: callers follow :attr:`SpecialTokens.add_bos`.
+(``decode`` drops them), but by default text that *spells* one is encoded as
+plain text: a caption containing ``<|im_end|>`` or ``<|endoftext|>`` must not
+inject the pad/stop id. Callers add control ids themselves (from
+:class:`SpecialTokens`); ``parse_special=True`` restores llama.cpp's chat-prompt
+parsing. BOS is never inserted by the tokenizer: callers follow
+:attr:`SpecialTokens.add_bos`.
 
 References:
   Sennrich et al., "Neural Machine Translation of Rare Words with Subword
@@ -29,7 +33,7 @@ from typing import Any
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
-from fedjax_mm.real.gguf_reader import GGUFFile
+from fedjax_mm.real.gguf_file import GGUFFile
 
 _CONTROL = 3  # llama.cpp token type of control (special) tokens
 
@@ -94,8 +98,15 @@ def special_tokens(meta: dict[str, Any]) -> SpecialTokens:
       endoftext=vocab.get("<|endoftext|>"))
 
 
-def tokenizer_from_metadata(meta: dict[str, Any]) -> tokenizers.Tokenizer:
-  """Builds the tokenizer described by GGUF metadata."""
+def tokenizer_from_metadata(meta: dict[str, Any], parse_special: bool = False
+                            ) -> tokenizers.Tokenizer:
+  """Builds the tokenizer described by GGUF metadata.
+
+  Args:
+    meta: GGUF metadata (the ``tokenizer.ggml.*`` keys).
+    parse_special: encode control-token text (``"<|im_start|>"``) as that
+      token's id, for trusted chat templates. Default: all text is text.
+  """
   kind = meta.get("tokenizer.ggml.model")
   if kind != "gpt2":
     raise NotImplementedError(f"only byte-level BPE ('gpt2') is supported, got {kind!r}")
@@ -112,16 +123,20 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> tokenizers.Tokenizer:
   specials = [tokenizers.AddedToken(t, special=True, normalized=False)
               for t, kind in zip(tokens, types) if kind == _CONTROL]
   tok.add_special_tokens(specials)
+  # Matched added tokens would bypass the BPE: with this flag they are ordinary text.
+  tok.encode_special_tokens = not parse_special
   return tok
 
 
-def load_tokenizer(path: str | os.PathLike) -> tokenizers.Tokenizer:
+def load_tokenizer(path: str | os.PathLike, parse_special: bool = False
+                   ) -> tokenizers.Tokenizer:
   """The byte-level BPE tokenizer stored in GGUF file ``path``.
 
-  ``encode`` never adds BOS/EOS (no post-processor); ``decode`` drops special
-  tokens unless ``skip_special_tokens=False``.
+  ``encode`` never adds BOS/EOS (no post-processor) and, unless
+  ``parse_special``, treats control-token text as text; ``decode`` drops
+  special tokens unless ``skip_special_tokens=False``.
   """
-  return tokenizer_from_metadata(GGUFFile(path).metadata)
+  return tokenizer_from_metadata(GGUFFile(path).metadata, parse_special)
 
 
 def load_special_tokens(path: str | os.PathLike) -> SpecialTokens:

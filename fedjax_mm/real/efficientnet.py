@@ -246,13 +246,17 @@ def load_params(path: str | Path | None = None,
                 model: EfficientNetLite0 | None = None) -> dict[str, Any]:
   """Reads the checkpoint (default: the fetched asset) into ``{"params": ...}``.
 
-  Every leaf is checked against ``jax.eval_shape(model.init, ...)``.
+  The pinned file is checked against its SHA-256 first (one 17 MB hash), and
+  every leaf against ``jax.eval_shape(model.init, ...)``.
 
   Raises:
+    fedjax_mm.real.assets.DamagedFileError: damaged or truncated file.
     ValueError: a shape or tree mismatch (the message names the parameter).
   """
   model = model or EfficientNetLite0()
-  variables = convert_state_dict(torch_pickle.load(path or assets.path("efficientnet_lite0")))
+  path = path or assets.path("efficientnet_lite0")
+  assets.verify(path)
+  variables = convert_state_dict(torch_pickle.load(path))
   expected = jax.eval_shape(model.init, jax.random.key(0),
                             jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32))
   want = {jax.tree_util.keystr(k): v.shape

@@ -23,13 +23,15 @@ Layout conversions (all exact, pure re-indexing):
   interchangeable with HF Llama checkpoints. (The golden reference,
   ``scripts/make_smollm2_golden.py``, deliberately uses the other layout.)
 
-The header is parsed by :class:`GGUFFile` (``gguf.GGUFReader`` spends 10-20 s
-building per-string views of the vocabulary); tensors are dequantized with
-``gguf.quants.dequantize``. Dequantizing the 135M-parameter SmolLM2 file takes
-3.5-8 s of numpy on a busy 2-core CPU, so the converted float32 arrays are
-cached next to the GGUF as a folder of ``.npy`` files (memory-mapped on load:
-~0.05 s, where reading one 540 MB ``.npz`` took 1-3 s), keyed by the file's
-SHA-256, size and :data:`_CACHE_VERSION` (bump it when the layout changes).
+The file is read by :class:`fedjax_mm.real.gguf_file.GGUFFile` (a fast
+``struct`` header parser; tensors dequantized with ``gguf.quants.dequantize``).
+Dequantizing the 135M-parameter SmolLM2 file takes 3.5-8 s of numpy on a busy
+2-core CPU, so the converted float32 arrays are cached next to the GGUF
+(:mod:`fedjax_mm.real.f32_cache`, keyed by the file's SHA-256). That one hash
+per load also checks the pinned asset against its pin
+(:func:`fedjax_mm.real.assets.verify`); a truncated file fails with one line
+naming the file and the fix (not a ``struct.error``), and a damaged cache is
+rebuilt (not a ``KeyError``).
 
 References:
   Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", 2023;
@@ -41,20 +43,16 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
-import struct
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-from fedjax_mm.real import assets
-
-# Bump when the array layout written to the cache changes.
-_CACHE_VERSION = 1
+from fedjax_mm.real import assets, f32_cache
+from fedjax_mm.real.gguf_file import GGUFFile, TensorInfo  # noqa: F401 (re-exported)
 
 # Per-layer roles: our param name -> GGUF tensor role (blk.<i>.<role>.weight).
 LAYER_TENSORS: dict[str, str] = {
@@ -63,99 +61,6 @@ LAYER_TENSORS: dict[str, str] = {
     "down": "ffn_down",
 }
 _NORMS = ("attn_norm", "mlp_norm")
-
-# GGUF metadata value types (spec order) -> struct format of a scalar.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-            10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-  """One tensor's entry in the GGUF header.
-
-  Attributes:
-    shape: numpy (row-major) shape, i.e. GGUF's fastest-first dims reversed.
-    qtype: ``gguf.GGMLQuantizationType`` value.
-    offset: absolute byte offset of the data in the file.
-  """
-  shape: tuple[int, ...]
-  qtype: int
-  offset: int
-
-
-class GGUFFile:
-  """A GGUF file's metadata and lazily dequantized tensors.
-
-  ``gguf.GGUFReader`` builds a numpy memmap view per metadata element, which
-  takes 10-20 s for SmolLM2's ~100k vocabulary/merge strings on a busy CPU;
-  this parses the header (GGUF v2/v3, little-endian) with ``struct`` in ~0.1 s
-  and leaves dequantization to ``gguf.quants.dequantize``.
-
-  Attributes:
-    metadata: key -> value (str, int, float, bool, or a list/array thereof).
-    tensors: tensor name -> :class:`TensorInfo`.
-  """
-
-  def __init__(self, path: str | os.PathLike):
-    self.path = Path(path)
-    with open(self.path, "rb") as f:
-      self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    self._pos = 0
-    magic, version = self._read("<4sI")
-    if magic != b"GGUF" or version not in (2, 3):
-      raise ValueError(f"{path}: not a little-endian GGUF v2/v3 file")
-    n_tensors, n_kv = self._read("<QQ")
-    self.metadata: dict[str, Any] = {}
-    for _ in range(n_kv):
-      key = self._string()
-      self.metadata[key] = self._value(self._read("<I")[0])
-    infos = []
-    for _ in range(n_tensors):
-      name = self._string()
-      n_dims = self._read("<I")[0]
-      dims = self._read(f"<{n_dims}Q")
-      qtype, offset = self._read("<IQ")
-      infos.append((name, tuple(reversed(dims)), qtype, offset))
-    align = int(self.metadata.get("general.alignment", 32))
-    data_start = -(-self._pos // align) * align
-    self.tensors = {name: TensorInfo(shape, qtype, data_start + offset)
-                    for name, shape, qtype, offset in infos}
-
-  def _read(self, fmt: str) -> tuple:
-    out = struct.unpack_from(fmt, self._buf, self._pos)
-    self._pos += struct.calcsize(fmt)
-    return out
-
-  def _string(self) -> str:
-    (n,) = self._read("<Q")
-    self._pos += n
-    return self._buf[self._pos - n:self._pos].decode("utf-8")
-
-  def _value(self, kind: int) -> Any:
-    if kind == _STRING:
-      return self._string()
-    if kind == _ARRAY:
-      elem, count = self._read("<IQ")
-      if elem in _SCALARS:  # numeric arrays in one vectorized read
-        dtype = np.dtype(_SCALARS[elem])
-        out = np.frombuffer(self._buf, dtype, count, self._pos).copy()
-        self._pos += count * dtype.itemsize
-        return out
-      return [self._value(elem) for _ in range(count)]
-    return self._read(_SCALARS[kind])[0]
-
-  def dequantize(self, name: str) -> np.ndarray:
-    """Tensor ``name`` as a fresh float32 array of its numpy shape."""
-    import gguf  # pylint: disable=g-import-not-at-top (optional dependency)
-    info = self.tensors[name]
-    qtype = gguf.GGMLQuantizationType(info.qtype)
-    byte_shape = gguf.quants.quant_shape_to_byte_shape(info.shape, qtype)
-    raw = np.frombuffer(self._buf, np.uint8, int(np.prod(byte_shape)), info.offset)
-    out = np.array(gguf.quants.dequantize(raw.reshape(byte_shape), qtype), np.float32)
-    del raw  # release the buffer export
-    return out
-
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
@@ -251,37 +156,40 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
   return params
 
 
+def flat_shapes(gf: GGUFFile, config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+  """The shapes :func:`_convert` gives every flat param of the whole file.
+
+  Read from the tensor headers (not from ``config``), with the same transposes
+  and layer stacking, so a cached folder can be checked against the file.
+  """
+  shape = lambda n: gf.tensors[n].shape
+  out = {"token_embed": shape("token_embd.weight"), "final_norm": shape("output_norm.weight")}
+  if not config.tie_embeddings:
+    out["lm_head"] = shape("output.weight")[::-1]
+  for name, role in LAYER_TENSORS.items():
+    one = shape(f"blk.0.{role}.weight")
+    out[f"layers/{name}"] = (config.num_layers, *(one if name in _NORMS else one[::-1]))
+  return out
+
+
 def cache_path(path: str | os.PathLike) -> Path:
   """Where the float32 cache of GGUF ``path`` lives (content-addressed folder)."""
-  path = Path(path)
-  key = f"{assets.sha256(path)[:16]}-{path.stat().st_size}-v{_CACHE_VERSION}"
-  return path.with_name(f"{path.stem}.{key}.f32")
+  return f32_cache.path(path, assets.sha256(path))
 
 
-def _write_cache(target: Path, flat: dict[str, np.ndarray]) -> None:
-  # Fill a temp folder, then rename it: a killed process never leaves a partial
-  # cache, and of concurrent writers (pytest-xdist) the first rename wins.
-  tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+def _cached(gf: GGUFFile, config: LlamaConfig, target: Path, k: int
+            ) -> dict[str, np.ndarray] | None:
+  """The cache's first ``k`` layers; ``None`` if absent or damaged (then removed)."""
+  if not target.is_dir():
+    return None
   try:
-    for name, array in flat.items():
-      np.save(tmp / f"{name.replace('/', '.')}.npy", array)
-    os.replace(tmp, target)
-  except OSError:
-    if not target.is_dir():
-      raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_cache(target: Path, num_layers: int) -> dict[str, np.ndarray]:
-  # Memory-mapped: the full model "loads" in milliseconds from the page cache.
-  flat = {}
-  for file in target.glob("*.npy"):
-    name = file.stem.replace(".", "/")
-    array = np.load(file, mmap_mode="r")
-    flat[name] = (np.ascontiguousarray(array[:num_layers]) if name.startswith("layers/")
-                  else np.asarray(array))
-  return flat
+    return f32_cache.read(target, flat_shapes(gf, config), k)
+  except f32_cache.DamagedCacheError as e:
+    rebuild = ("rebuilding it from the GGUF" if k == config.num_layers
+               else "the next full load (num_layers=None) rebuilds it")
+    logging.warning("%s: damaged float32 cache (%s); removed it, %s", target, e, rebuild)
+    shutil.rmtree(target, ignore_errors=True)
+    return None
 
 
 def load_gguf(source: str | os.PathLike | GGUFFile, num_layers: int | None = None,
@@ -294,23 +202,32 @@ def load_gguf(source: str | os.PathLike | GGUFFile, num_layers: int | None = Non
       fast tests); ``None`` keeps all. ``config`` always describes the file.
     cache: read/write the float32 cache next to the file (see
       :func:`cache_path`). Only full loads write it; truncated loads use it when
-      present and otherwise dequantize just the layers they need.
+      present and otherwise dequantize just the layers they need. A damaged
+      cache is logged, removed and rebuilt (by a full load).
 
   Returns:
     ``config`` and the param tree ``{"token_embed": {"embedding": [V, D]},
     "final_norm": [D], "layers": {name: [num_layers, ...]}}`` of float32 numpy
     arrays (apply it as ``{"params": params}``). Arrays read from the cache are
     read-only memory maps of it (full model) or copies (truncated layers).
+
+  Raises:
+    fedjax_mm.real.assets.DamagedFileError: the pinned asset's SHA-256 is not its
+      pin, or the file is truncated (the message says how to re-fetch it).
   """
   gf = source if isinstance(source, GGUFFile) else GGUFFile(source)
+  # One hash per load: the cache key, and the check of a pinned file's bytes
+  # (first, so damaged metadata is reported as damage, not as a missing key).
+  digest = assets.sha256(gf.path) if cache else None
+  assets.verify(gf.path, digest)
   config = read_config(gf.metadata, set(gf.tensors))
   k = config.num_layers if num_layers is None else int(num_layers)
   if not 1 <= k <= config.num_layers:
     raise ValueError(f"num_layers must be in [1, {config.num_layers}], got {num_layers}")
-  target = cache_path(gf.path) if cache else None
-  if target is not None and target.is_dir():
-    return config, _nest(_read_cache(target, k))
+  target = f32_cache.path(gf.path, digest) if cache else None
+  if target is not None and (flat := _cached(gf, config, target, k)) is not None:
+    return config, _nest(flat)
   flat = _convert(gf, config, k)
   if target is not None and k == config.num_layers:
-    _write_cache(target, flat)
+    f32_cache.write(target, flat)
   return config, _nest(flat)

@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_mm.real import bpe
-from fedjax_mm.real.gguf_reader import GGUFFile, LlamaConfig, load_gguf
+from fedjax_mm.real.gguf_file import GGUFFile
+from fedjax_mm.real.gguf_reader import LlamaConfig, load_gguf
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -226,12 +227,18 @@ def load(path: str | os.PathLike | None = None, num_layers: int | None = None,
     path: the GGUF (default: the pinned SmolLM2-135M-Instruct asset).
     num_layers: keep only the first blocks (truncated model for tests).
     dtype: compute dtype of the module.
-    cache: use the float32 ``.npz`` cache of the dequantized weights.
+    cache: use the float32 ``.npy`` cache of the dequantized weights
+      (:mod:`fedjax_mm.real.f32_cache`).
 
   Returns:
     ``(module, params, tokenizer, special_ids)``: ``params`` is the inner param
     dict on device (apply as ``{"params": params}``), ``tokenizer`` a
-    ``tokenizers.Tokenizer`` (adds no BOS; see ``special_ids.add_bos``).
+    ``tokenizers.Tokenizer`` (adds no BOS; see ``special_ids.add_bos``) that
+    encodes all text as text: ``"<|im_end|>"`` in a caption is not the id
+    ``special_ids.im_end``.
+
+  Raises:
+    fedjax_mm.real.assets.DamagedFileError: the GGUF is damaged or truncated.
   """
   if path is None:
     from fedjax_mm.real import assets  # pylint: disable=g-import-not-at-top
