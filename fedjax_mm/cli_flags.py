@@ -33,12 +33,14 @@ class UsageError(Exception):
 
 
 def _config_arg(argv: Sequence[str]) -> str | None:
+  """The last ``--config`` given (absl keeps the last one too)."""
+  found = None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+      found = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      found = argv[i + 1]
+  return found
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:

@@ -17,7 +17,7 @@ from fedjax_mm import aggregation, algorithms  # noqa: E402
 from fedjax_mm import client as client_lib  # noqa: E402
 from fedjax_mm.data import federated, synthetic  # noqa: E402
 from fedjax_mm.models import logreg  # noqa: E402
-from fedjax_mm.server import fedopt  # noqa: E402
+from fedjax_mm import server  # noqa: E402
 from fedjax_mm.simulation import mesh as mesh_lib  # noqa: E402
 from fedjax_mm.simulation import round as round_lib  # noqa: E402
 
@@ -29,7 +29,7 @@ def run(mesh, parts, rounds=3):
   task = logreg.task(60, 10)
   spec = round_lib.RoundSpec(num_clients=K, cohort_size=20, chunk_size=8,
                              schedule=federated.LocalSchedule("steps", 5, 4))
-  tx = parts.get("tx") or fedopt.make_server_optimizer("fedadam", learning_rate=0.05)
+  tx = parts.get("tx") or server.SERVER.make("fedadam", learning_rate=0.05)
   parts = {k: v for k, v in parts.items() if k != "tx"}
   fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
                                         0.1, mesh=mesh, **parts))
@@ -50,14 +50,14 @@ def run(mesh, parts, rounds=3):
 PARTS = {
     "fedavg": {},
     "scaffold_trimmed": {"algorithm": algorithms.scaffold(),
-                         "aggregator": aggregation.make_aggregator(
-                             "trimmed_mean", cohort_size=20, trim_fraction=0.1),
+                         "aggregator": aggregation.AGGREGATORS.make(
+                             "trimmed_mean", trim_fraction=0.1),
                          "preprocessors": (aggregation.l2_clip(0.5),)},
     # Fed-CMP: the stacked cohort's Gram and eigh, and OPM's SVDs, on a mesh.
-    "fedcmp": {"aggregator": aggregation.make_aggregator(
+    "fedcmp": {"aggregator": aggregation.AGGREGATORS.make(
                    "canonical", cohort_size=20, rank=3, reliability="agreement"),
-               "tx": fedopt.make_server_optimizer("opm", learning_rate=0.5, momentum=0.9,
-                                                  opm={"rank": 3})},
+               "tx": server.SERVER.make("opm", learning_rate=0.5, momentum=0.9,
+                                        aggregator_rank=3)},
 }
 
 

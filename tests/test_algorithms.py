@@ -120,7 +120,7 @@ def make_algorithm(name, param=0.0):
     return algorithms.fedprox(param)
   if name == "scaffold":
     return algorithms.scaffold()
-  return algorithms.fednova(momentum=param)
+  return algorithms.fednova(client_momentum=param)
 
 
 _ROUND_FNS = {}

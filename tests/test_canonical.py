@@ -127,7 +127,7 @@ def test_padding_is_inert_and_all_masked_is_zero():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"reliability": "vote"}, "reliability: must be one of"),
-    ({"temperature": 0.0}, r"temperature: must be a number > 0"),
+    ({"temperature": 0.0}, r"temperature: must be a finite number > 0"),
     ({"rank": 1.5}, "rank: must be"),
     ({"rank": 0}, "rank: must be"),
     ({"decompose": "projectors"}, "decompose: must be one of"),

@@ -25,7 +25,7 @@ CONFIG = "configs/synthetic.py:1000"
 OVERRIDES = ["--config.num_rounds=50", "--config.local.mode=steps",
              "--config.local.num_steps=50", "--config.local.batch_size=32",
              "--config.checkpoint.every=5", "--config.eval_every=10",
-             "--config.server.optimizer=fedadam", "--config.server.learning_rate=0.01",
+             "--config.server.kind=fedadam", "--config.server.learning_rate=0.01",
              "--noprogress"]
 
 
@@ -45,17 +45,20 @@ def _env():
 # too; at 70 s of subprocess start-up and compilation it bought no coverage.)
 # In-process resume of every algorithm x aggregator is in test_parts.py.
 VARIANTS = {
-    "scaffold_gm": {"algorithm.name": "scaffold", "aggregation.kind": "geometric_median",
-                    "aggregation.clip_norm": 1.0},
+    "scaffold_gm": {"algorithm.kind": "scaffold", "aggregation.kind": "geometric_median",
+                    "preprocess.chain": "l2_clip", "preprocess.l2_clip.max_norm": 1.0},
 }
 
 
 def _final_state(workdir, variant):
   config = config_files.load(ROOT / CONFIG)
-  config.server.optimizer, config.server.learning_rate = "fedadam", 0.01
+  config.server.kind, config.server.learning_rate = "fedadam", 0.01
   for key, value in VARIANTS[variant].items():
-    section, field = key.split(".")
-    config[section][field] = value
+    *parents, field = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[field] = value
   task = setups.build(config).task
   tx = builders.server_optimizer(config)
   parts = builders.round_parts(config)
@@ -113,8 +116,12 @@ def test_kill_and_resume_is_bit_identical(tmp_path, variant):
 
 @pytest.mark.parametrize("override,field", [
     ("--config.clients_per_round=5000", "config.clients_per_round"),
-    ("--config.server.optimizer=fedsgd", "config.server.optimizer"),
+    ("--config.server.kind=fedsgd", "config.server.kind"),
     ("--config.client.learning_rate=-0.1", "config.client.learning_rate"),
+    # A field that moved names its new path (more cases in-process, test_cli_flags.py).
+    ("--config.server.optimizer=fedadam", "moved to config.server.kind"),
+    ("--config=configs/missing.py", "config file not found: 'configs/missing.py'"),
+    ("--config.seed=abc", "--config.seed=abc"),
 ])
 def test_invalid_config_fails_fast_with_one_line(tmp_path, override, field):
   proc = subprocess.run(

@@ -56,7 +56,7 @@ def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
 @pytest.mark.parametrize("mode,server", [("steps", "fedadam"), ("epochs", "fedavgm")])
 def test_vmapped_round_equals_sequential_loop(train, mode, server):
   spec = _spec(mode=mode, chunk=8)
-  tx = fedopt.make_server_optimizer(server, learning_rate=0.05, momentum=0.9)
+  tx = (fedopt.fedadam(0.05) if server == "fedadam" else fedopt.fedavgm(0.05, momentum=0.9))
   fast, fast_pop, fast_m = _run(_jit_round, spec, train, tx, client_opt="momentum")
   slow, slow_pop, slow_m = _run(reference.build_sequential_round, spec, train, tx,
                                 client_opt="momentum")
@@ -125,7 +125,7 @@ def test_fedavg_one_full_batch_step_is_centralized_gd(train):
 
 def test_round_traced_once_across_cohorts(train):
   spec = _spec(cohort=10, chunk=4)
-  tx = fedopt.make_server_optimizer("fedyogi", learning_rate=0.01)
+  tx = fedopt.fedyogi(0.01)
   fn = round_lib.build_round_fn(TASK, spec, tx, client_lib.make_client_optimizer("sgd"),
                                 optax.cosine_decay_schedule(0.1, 10))
   jitted = jax.jit(chex.assert_max_traces(fn, n=1), donate_argnums=(0, 1))

@@ -33,6 +33,7 @@ pytest.importorskip("tokenizers")
 import real_fixtures  # noqa: E402  (tests/ is on sys.path under pytest)
 from fedjax_mm import config_files, configuration, evaluation  # noqa: E402
 from fedjax_mm import setups  # noqa: E402
+from fedjax_mm.simulation import validation  # noqa: E402
 from fedjax_mm.data.feature_norm import FeatureNorm  # noqa: E402
 from fedjax_mm.models import mllm  # noqa: E402
 from fedjax_mm.models.projector import Projector  # noqa: E402
@@ -219,11 +220,11 @@ def test_other_parts_run_on_the_real_setup_unchanged(built, floor, tmp_path):
   config, setup = built
   config = config.copy_and_resolve_references()
   config.num_rounds = 2
-  config.algorithm.name = "scaffold"
+  config.algorithm.kind = "scaffold"
   config.client.optimizer, config.client.learning_rate = "sgd", 0.05
-  config.aggregation.kind, config.aggregation.canonical_rank = "canonical", 2
-  config.server.optimizer, config.server.momentum = "opm", 0.9
-  configuration.validate(config)
+  config.aggregation.kind, config.aggregation.canonical.rank = "canonical", 2
+  config.server.kind, config.server.opm.momentum = "opm", 0.9
+  validation.validate(config)
   summary = driver.train_and_evaluate(config, str(tmp_path), progress=False, setup=setup)
   assert summary["algorithm"] == "scaffold" and summary["aggregator"] == "canonical"
   assert summary["nonfinite_updates_total"] == 0
@@ -479,8 +480,8 @@ def _valid_config():
 
 
 def test_the_presets_are_valid():
-  configuration.validate(_valid_config())
-  configuration.validate(config_files.load(ROOT / "configs/fedma_real.py", "gpu"))
+  validation.validate(_valid_config())
+  validation.validate(config_files.load(ROOT / "configs/fedma_real.py", "gpu"))
 
 
 @pytest.mark.parametrize("path, value", [
@@ -509,4 +510,4 @@ def test_config_guard(path, value):
     node = node[name]
   node[leaf] = value
   with pytest.raises(configuration.ConfigError, match=re.escape(f"config.{path}")):
-    configuration.validate(config)
+    validation.validate(config)

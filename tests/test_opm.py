@@ -266,10 +266,10 @@ def _round_run(aggregator, tx, rounds=3, chunk=0):
 
 def test_fed_cmp_with_neutral_options_is_fedavg_in_a_round():
   from fedjax_mm import aggregation
-  from fedjax_mm.server import fedopt
-  neutral = aggregation.make_aggregator("canonical", cohort_size=6, reliability="uniform")
-  cmp_state, _ = _round_run(neutral, fedopt.make_server_optimizer(
-      "opm", learning_rate=1.0, momentum=0.0, opm={"rank": None}))
+  from fedjax_mm import server
+  neutral = aggregation.AGGREGATORS.make("canonical", cohort_size=6, reliability="uniform")
+  cmp_state, _ = _round_run(neutral, server.SERVER.make(
+      "opm", learning_rate=1.0, momentum=0.0, aggregator_rank=None))
   avg_state, _ = _round_run(aggregation.weighted_mean(), optax.sgd(1.0))
   for a, b in zip(jax.tree.leaves(cmp_state.trainable), jax.tree.leaves(avg_state.trainable)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
@@ -278,34 +278,32 @@ def test_fed_cmp_with_neutral_options_is_fedavg_in_a_round():
 @pytest.mark.parametrize("decompose", ["updates", "weights"])
 def test_streamed_round_equals_stacked_round_with_opm(decompose):
   from fedjax_mm import aggregation
-  from fedjax_mm.server import fedopt
+  from fedjax_mm import server
   options = dict(cohort_size=6, rank=2, score_with="previous", temperature=0.3,
                  decompose=decompose)
-  tx = lambda: fedopt.make_server_optimizer("opm", learning_rate=0.5, momentum=0.9,
-                                            opm={"rank": 2})
-  stacked, m1 = _round_run(aggregation.make_aggregator("canonical", **options), tx())
-  streamed, m2 = _round_run(aggregation.make_aggregator("canonical", streamed=True, **options),
-                            tx(), chunk=2)
+  tx = lambda: server.SERVER.make("opm", learning_rate=0.5, momentum=0.9, aggregator_rank=2)
+  stacked, m1 = _round_run(aggregation.AGGREGATORS.make("canonical", path="stacked", **options),
+                           tx())
+  streamed, m2 = _round_run(aggregation.AGGREGATORS.make("canonical", path="streamed",
+                                                         **options), tx(), chunk=2)
   for a, b in zip(jax.tree.leaves(stacked.trainable), jax.tree.leaves(streamed.trainable)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(float(m2["canonical/explained"]),
                              float(m1["canonical/explained"]), rtol=1e-4)
-  with pytest.raises(ValueError, match="score_with: the streamed canonical path"):
-    aggregation.make_aggregator("canonical", cohort_size=6, streamed=True)
+  with pytest.raises(ValueError, match="path: 'streamed' scores each client as it streams"):
+    aggregation.AGGREGATORS.make("canonical", cohort_size=6, path="streamed")
 
 
 def test_auto_path_streams_only_over_the_cap_and_when_scoring_allows():
-  from fedjax_mm import configuration
-  from fedjax_mm.simulation import builders
-  config = configuration.aggregation_section()
-  holder = type("C", (), {})()
-  holder.aggregation, holder.clients_per_round = config, 100
+  from fedjax_mm.aggregation import CohortAggregator, StreamingAggregator, cra
   template = {"w": jax.ShapeDtypeStruct((128, 128), jnp.float32)}   # 100 x 64 KiB = 6.25 MiB
-  config.canonical_score_with = "previous"
-  assert not builders.canonical_streamed(holder, template)          # under the 4 GiB cap
-  config.max_stack_mib = 1.0
-  assert builders.canonical_streamed(holder, template)
-  config.canonical_score_with = "current"                           # needs this round's basis
-  assert not builders.canonical_streamed(holder, template)
-  config.canonical_path = "streamed"
-  assert builders.canonical_streamed(holder, template)
+  build = lambda cap, **kw: cra.cra(template=template, cohort_size=100,
+                                    max_stack_bytes=int(cap * 2**20), **kw)
+  assert isinstance(build(4096, score_with="previous"), CohortAggregator)   # under the cap
+  assert isinstance(build(1.0, score_with="previous"), StreamingAggregator)
+  # Needs this round's basis: stays stacked over the cap (the round then refuses it).
+  assert isinstance(build(1.0, score_with="current"), CohortAggregator)
+  with pytest.raises(ValueError, match="^path: 'streamed'"):
+    build(4096, score_with="current", path="streamed")
+  assert isinstance(build(4096, score_with="previous", path="streamed"), StreamingAggregator)
+  assert isinstance(build(1.0, score_with="previous", path="stacked"), CohortAggregator)

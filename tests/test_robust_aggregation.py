@@ -544,7 +544,7 @@ def test_byzantine_robustness(name):
 
 @pytest.mark.parametrize("call, match", [
     (lambda u, w, m: trimmed_mean(u, w, m, trim_fraction=0.5),
-     r"trim_fraction: must be a number in \[0, 0\.5\), got 0\.5"),
+     r"trim_fraction: must be a finite number in \[0, 0\.5\), got 0\.5"),
     (lambda u, w, m: trimmed_mean(u, w, m, trim_fraction=-0.1),
      r"trim_fraction.*-0\.1"),
     (lambda u, w, m: krum_scores(u, m, num_byzantine=-1),

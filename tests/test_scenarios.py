@@ -16,6 +16,7 @@ from fedjax_mm.data import federated, synthetic
 from fedjax_mm.models import logreg
 from fedjax_mm.server import fedopt
 from fedjax_mm.simulation import round as round_lib
+from fedjax_mm.simulation import validation
 
 ROOT = Path(__file__).parents[1]
 SCENARIOS = ROOT / "configs" / "scenarios.py"
@@ -38,7 +39,7 @@ def _cohorts(spec: round_lib.RoundSpec, rounds: int, seed: int = 0) -> np.ndarra
   """``[rounds, C]`` ids, each round's from a fresh state (as a resume would)."""
   task = logreg.task(4, 2)
   state = round_lib.init_server_state(
-      task, fedopt.make_server_optimizer("fedavg", learning_rate=1.0), seed)
+      task, fedopt.fedavg(1.0), seed)
   return np.asarray(_ids_at_rounds(state, jnp.arange(rounds, dtype=jnp.int32), spec))
 
 
@@ -69,7 +70,7 @@ def test_one_pass_round_trains_every_client_exactly_once_in_padded_chunks():
   task = logreg.task(5, 3)
   data = synthetic.generate(0, k, num_features=5, num_classes=3, size_mean=1.5,
                             min_size=3, max_size=12)
-  tx = fedopt.make_server_optimizer("fedavg", learning_rate=1.0)
+  tx = fedopt.fedavg(1.0)
   spec = _one_pass_spec(k, cohort, chunk=3)
   fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
                                         0.1))
@@ -87,12 +88,12 @@ def test_one_pass_round_trains_every_client_exactly_once_in_padded_chunks():
 def test_one_pass_budget_over_the_population_is_refused():
   config = config_files.load(ROOT / "configs" / "synthetic.py")   # K = 30, C = 10
   config.sampling, config.num_rounds = "one_pass", 3
-  configuration.validate(config)                                  # 3 x 10 = 30: one pass
+  validation.validate(config)                                  # 3 x 10 = 30: one pass
   config.num_rounds = 4
   with pytest.raises(configuration.ConfigError,
                      match=r"^config\.sampling: 'one_pass' .*num_rounds=4 x "
                            r"clients_per_round=10 = 40 > data\.num_clients=30"):
-    configuration.validate(config)
+    validation.validate(config)
 
 
 def _scenario(preset):
@@ -103,7 +104,7 @@ def _scenario(preset):
                                     "silos", "iid"])
 def test_every_preset_validates_on_the_shared_round_budget(preset):
   config = _scenario(preset)
-  configuration.validate(config)
+  validation.validate(config)
   assert config.num_rounds == 150
   # About the same training cost per round: clients x step slots x batch.
   cost = config.clients_per_round * config.local.num_steps * config.local.batch_size
@@ -131,7 +132,7 @@ def test_one_pass_preset_sees_no_example_twice():
   # The budget is still a field, and the guard holds it to one pass.
   config.num_rounds += 1
   with pytest.raises(configuration.ConfigError, match=r"^config\.sampling: 'one_pass'"):
-    configuration.validate(config)
+    validation.validate(config)
 
 
 def test_silos_preset():
