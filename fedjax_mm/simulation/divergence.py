@@ -126,7 +126,8 @@ def _cause(record, history, config: ml_collections.ConfigDict) -> str:
   gains = [(h["round"], g) for h in [*history, record]
            if (g := _server_gain(h)) is not None and g > SERVER_GAIN_LIMIT]
   if clients_bad and not [g for g in gains if g[0] < record["round"]]:
-    return f"the clients' local training diverged (NaN/Inf updates): {client}"
+    return ("the clients' local training diverged (updates NaN/Inf or too large for a "
+            f"float32 norm): {client}")
   if gains:
     r, gain = gains[0]
     return (f"the clients' updates were finite but the server step of round {r} was "
