@@ -57,11 +57,14 @@ def save(workdir: Path, config: ml_collections.ConfigDict) -> None:
   """Writes ``config.json`` atomically: a kill mid-write leaves the old file whole."""
   path = Path(workdir) / FILENAME
   tmp = path.with_name(f"{FILENAME}.tmp")
-  with open(tmp, "w") as f:
-    f.write(json.dumps(as_dict(config), indent=1, sort_keys=True))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(json.dumps(as_dict(config), indent=1, sort_keys=True))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def load(workdir: Path) -> dict[str, Any] | None:
