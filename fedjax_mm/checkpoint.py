@@ -38,6 +38,11 @@ around, all verified by ``tests/test_checkpoint.py``:
   ``save_interval_steps``: the first step saved into an empty directory is
   written whatever its number. The interval is therefore decided here and
   orbax is always called with ``force=True``.
+* Damaged files of a committed step (a truncated data file, a deleted OCDBT
+  manifest or ``state/``) fail its restore with a tensorstore ``ValueError``
+  or a ``KeyError``. :meth:`Checkpointer.restore_newest` falls back to the
+  newest step that restores and renames the newer ones to
+  ``<step>.corrupt`` (kept for inspection; orbax neither lists nor cleans it).
 * Restore casts stored values to the target's dtype without complaint (e.g.
   ``jax.eval_shape`` turns an int64 numpy leaf into an int32 target under the
   default x32 mode); shape or tree-structure mismatches raise ``ValueError``.
@@ -152,6 +157,16 @@ def _snapshot_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
   if not isinstance(meta, Mapping):
     raise TypeError(f"meta must be a mapping, got {type(meta)!r}")
   return json.loads(json.dumps(meta, default=_json_default))
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run directory restores."""
+
+
+def _one_line(error: BaseException, limit: int = 240) -> str:
+  text = " ".join(str(error).split()) or "no message"
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(error).__name__}: {text}"
 
 
 class Checkpointer:
@@ -308,6 +323,56 @@ class Checkpointer:
         ),
     )
     return restored[_STATE_ITEM], dict(restored[_META_ITEM])
+
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged ``step`` to ``<step>.corrupt`` (not retried, not deleted).
+
+    Returns:
+      The new path (``.corrupt-<n>`` if an earlier ``.corrupt`` is there).
+    """
+    self.wait_until_finished()
+    src = os.path.join(self._directory, str(int(step)))
+    dst, n = f"{src}.corrupt", 0
+    while os.path.exists(dst):
+      n += 1
+      dst = f"{src}.corrupt-{n}"
+    os.rename(src, dst)
+    self._manager.reload()   # orbax caches the step list
+    return dst
+
+  def restore_newest(self, abstract_state: PyTree
+                     ) -> tuple[PyTree, dict[str, Any], int, list[str]]:
+    """Restores the newest step that restores; sets newer, damaged ones aside.
+
+    A step only counts as damaged once an older one restored into the same
+    target: if none does, the target (not the files) may be what is wrong, so
+    nothing is moved.
+
+    Returns:
+      ``(state, meta, step, notes)``; one note per step set aside:
+      ``"step <s> does not restore (<error>); moved to <path>"``.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all.
+      CheckpointError: no step restores (one line: the newest one's error).
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
+    failed = []
+    for step in reversed(steps):
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except Exception as e:  # orbax/tensorstore raise ValueError, KeyError, OSError...
+        failed.append((step, _one_line(e)))
+        continue
+      notes = [f"step {s} does not restore ({why}); moved to {self.set_aside(s)}"
+               for s, why in failed]
+      return state, meta, step, notes
+    raise CheckpointError(
+        f"{self._directory}: no checkpoint restores (steps {steps}; newest: {failed[0][1]}); "
+        "if their files are damaged move them away, else the run's state changed: "
+        "use a new --workdir")
 
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed; re-raises its error."""

@@ -42,8 +42,8 @@ def main(argv: list[str]) -> None:
                                         progress=_PROGRESS.value)
   except configuration.ConfigError as e:
     _fail(f"invalid config: {e}")
-  except driver.NonFiniteError as e:
-    _fail(f"training diverged: {e}")
+  except driver.RUN_ERRORS as e:    # diverged, nothing trainable, no checkpoint restores
+    _fail(str(e))
   except OSError as e:   # a full disk, a read-only or missing workdir
     _fail(f"{e.strerror or e} ({e.filename or _WORKDIR.value}): free space or choose a "
           "writable --workdir; the run resumes from its last checkpoint")

@@ -3,6 +3,13 @@
 The history of records also travels inside every checkpoint, so after a
 resume ``metrics.jsonl`` is rewritten from it: no round is lost or repeated
 whatever moment the previous process was killed at.
+
+Both files are strict JSON (RFC 8259): a NaN or infinite number, which
+Python's ``json`` would write as the non-standard tokens ``NaN`` /
+``Infinity``, is written as ``null`` (what pandas and ``jq`` read as a
+missing value). The divergence guard stops a run on a non-finite loss or
+update, so ``null`` marks a metric that had no value (e.g. a cosine with no
+previous update), not a hidden blow-up.
 """
 
 from __future__ import annotations
@@ -26,19 +33,35 @@ def to_python(metrics: Mapping[str, Any]) -> dict[str, float | int]:
   return out
 
 
+def strict(value: Any) -> Any:
+  """``value`` with every non-finite float (in dicts, lists, tuples) as None."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, Mapping):
+    return {k: strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict(v) for v in value]
+  return value
+
+
+def _dumps(value: Any, **kwargs) -> str:
+  # allow_nan=False: a non-finite number that strict() missed fails loudly.
+  return json.dumps(strict(value), allow_nan=False, **kwargs)
+
+
 def rewrite(workdir: str | os.PathLike, history: Iterable[Mapping[str, Any]]) -> None:
   """Atomically replaces ``metrics.jsonl`` with ``history``."""
   path = Path(workdir) / METRICS_FILE
   tmp = path.with_suffix(".jsonl.tmp")
   with open(tmp, "w") as f:
     for record in history:
-      f.write(json.dumps(record) + "\n")
+      f.write(_dumps(record) + "\n")
   os.replace(tmp, path)
 
 
 def append(workdir: str | os.PathLike, record: Mapping[str, Any]) -> None:
   with open(Path(workdir) / METRICS_FILE, "a") as f:
-    f.write(json.dumps(record) + "\n")
+    f.write(_dumps(record) + "\n")
 
 
 def read(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -50,7 +73,9 @@ def read(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_summary(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> None:
   path = Path(workdir) / SUMMARY_FILE
-  path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(_dumps(summary, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
 
 
 def format_table(rows: list[Mapping[str, Any]], columns: list[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import optax
 import pytest
 from flax import struct
 
+from fedjax_mm import checkpoint
 from fedjax_mm.checkpoint import Checkpointer, abstract_like
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -326,3 +328,89 @@ def test_restore_honours_abstract_sharding_on_four_devices(tmp_path):
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.strip().endswith("OK")
+
+
+def _truncate_data_files(step_dir: pathlib.Path) -> None:
+  # Every OCDBT data file cut to half its length (a disk-full or killed copy).
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert files
+  for p in files:
+    os.truncate(p, p.stat().st_size // 2)
+
+
+_CORRUPTIONS = {
+    "truncated data file": _truncate_data_files,
+    "deleted manifest": lambda step_dir: (step_dir / "state" / "manifest.ocdbt").unlink(),
+    "deleted state/": lambda step_dir: shutil.rmtree(step_dir / "state"),
+}
+
+
+def _three_steps(directory) -> dict[str, Any]:
+  state = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(0)}
+  with Checkpointer(directory, max_to_keep=3, async_save=False) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, {"w": state["w"] + step, "n": jnp.int32(step)}, {"step": step})
+  return state
+
+
+# A failed restore leaves orbax's own read coroutines un-awaited (its warning,
+# not ours); the behaviour under test is what restore_newest returns.
+_ORBAX_UNAWAITED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@_ORBAX_UNAWAITED
+@pytest.mark.parametrize("corruption", sorted(_CORRUPTIONS))
+def test_a_damaged_latest_step_falls_back_and_is_set_aside(tmp_path, corruption):
+  directory = tmp_path / "run"
+  state = _three_steps(directory)
+  _CORRUPTIONS[corruption](directory / "3")
+  with Checkpointer(directory, max_to_keep=3, async_save=False) as ckpt:
+    assert ckpt.latest_step() == 3   # orbax still lists it: only a restore can tell
+    restored, meta, step, notes = ckpt.restore_newest(abstract_like(state))
+    assert (step, meta, int(restored["n"])) == (2, {"step": 2}, 2)
+    np.testing.assert_array_equal(restored["w"], np.arange(6.0).reshape(2, 3) + 2)
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith("step 3 does not restore (")
+    assert notes[0].endswith(f"moved to {directory / '3.corrupt'}")
+    # Set aside, not deleted, and neither listed nor retried.
+    assert (directory / "3.corrupt").is_dir() and not (directory / "3").exists()
+    assert ckpt.all_steps() == [1, 2]
+    assert ckpt.restore_newest(abstract_like(state))[2:] == (2, [])
+    # The run goes on and writes step 3 afresh.
+    assert ckpt.save(3, state, {"step": 3})
+  with Checkpointer(directory, async_save=False) as ckpt:
+    assert ckpt.restore_newest(abstract_like(state))[2:] == (3, [])
+    assert (directory / "3.corrupt").is_dir()   # the orbax tmp cleanup leaves it
+
+
+@_ORBAX_UNAWAITED
+def test_no_step_restores_moves_nothing(tmp_path):
+  directory = tmp_path / "run"
+  state = _three_steps(directory)
+  # A target the checkpoints do not fit (a changed model) fails every step:
+  # that is not damage, so nothing may be set aside.
+  wrong = {"w": jnp.zeros((3, 3)), "n": jnp.int32(0)}
+  with Checkpointer(directory, async_save=False) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"no checkpoint restores \(steps \[1, 2, 3\]; newest: "):
+      ckpt.restore_newest(abstract_like(wrong))
+    assert ckpt.all_steps() == [1, 2, 3]
+    # One damaged step and no older one: refused as well, and kept.
+    for step in (1, 2):
+      shutil.rmtree(directory / str(step))
+    ckpt._manager.reload()
+    _CORRUPTIONS["deleted state/"](directory / "3")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+      ckpt.restore_newest(abstract_like(state))
+    assert "\n" not in str(e.value) and (directory / "3").is_dir()
+  with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError):
+    ckpt.restore_newest(abstract_like(state))
+
+
+def test_set_aside_twice_keeps_both(tmp_path):
+  directory = tmp_path / "run"
+  _three_steps(directory)
+  (directory / "3.corrupt").mkdir()
+  with Checkpointer(directory, async_save=False) as ckpt:
+    assert ckpt.set_aside(3) == str(directory / "3.corrupt-1")
+    assert ckpt.all_steps() == [1, 2]

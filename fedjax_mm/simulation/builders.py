@@ -18,6 +18,7 @@ from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.data import federated
 from fedjax_mm.server import SERVER
+from fedjax_mm.simulation import weights as weights_lib
 from fedjax_mm.types import Task
 
 
@@ -104,12 +105,11 @@ def aggregation_weights(config: ml_collections.ConfigDict, train: federated.Fede
     return federated.trainable_sizes(train, task.example_mask).astype(np.float32)
   if weighting == "uniform":
     return np.ones((train.num_clients,), np.float32)
-  weights = np.load(config.aggregation.custom_weights_path).astype(np.float32)
-  if weights.shape != (train.num_clients,) or np.any(weights < 0):
-    raise configuration.ConfigError(
-        "config.aggregation.custom_weights_path: must hold non-negative weights of shape "
-        f"[{train.num_clients}], got shape {weights.shape}")
-  return weights
+  try:
+    return weights_lib.load_custom_weights(config.aggregation.custom_weights_path,
+                                           train.num_clients)
+  except ValueError as e:
+    raise configuration.ConfigError(f"config.aggregation.custom_weights_path: {e}") from None
 
 
 def truncation_report(schedule_: federated.LocalSchedule,

@@ -22,35 +22,35 @@ from fedjax_mm import checkpoint as checkpoint_lib
 from fedjax_mm import configuration, evaluation, metrics as metrics_lib
 from fedjax_mm import setups
 from fedjax_mm.data import federated
-from fedjax_mm.simulation import builders
+from fedjax_mm.simulation import builders, divergence
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.simulation import run_config
 from fedjax_mm.simulation import validation
 
 
-class NonFiniteError(RuntimeError):
-  """Training diverged: the loss became NaN/Inf or every client's update did."""
+# Kept here too: callers catch ``driver.NonFiniteError`` and call ``check_round``.
+NonFiniteError = divergence.NonFiniteError
+check_round = divergence.check_round
 
 
-def check_round(record: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-  """Stops the run when a round could not update the model for NaN/Inf.
+class NoTrainableRowsError(RuntimeError):
+  """No round of the run had a row that can train: nothing was learned."""
 
-  Raises:
-    NonFiniteError: every client of the round was excluded for NaN/Inf (the
-      server would silently stand still), or the training loss is not finite.
+
+# What a finished-but-failed run raises (each message one line): the CLI
+# prints these, as it prints a ConfigError.
+RUN_ERRORS = (NonFiniteError, NoTrainableRowsError, checkpoint_lib.CheckpointError)
+
+
+def _no_trainable_rows(record: dict[str, Any]) -> int:
+  """1 when no client of the round took a step on a trainable row, else 0.
+
+  ``client_steps`` sums the cohort's local steps that had at least one row
+  passing ``task.example_mask`` (``client.client_step``): 0 means the round
+  trained on nothing, whatever its loss (0.0) and rows_used_fraction say.
   """
-  r = record["round"]
-  if record["num_nonfinite_clients"] >= config.clients_per_round:
-    raise NonFiniteError(
-        f"round {r}: all {config.clients_per_round} clients sent NaN/Inf updates and were "
-        f"excluded, so the model cannot move; the local training diverged: lower "
-        f"client.learning_rate (now {config.client.learning_rate})")
-  if not np.isfinite(record["train_loss"]):
-    raise NonFiniteError(
-        f"round {r}: training loss is {record['train_loss']} "
-        f"({record['num_nonfinite_clients']} clients excluded for NaN/Inf); "
-        "lower client.learning_rate or server.learning_rate")
+  return int(record["client_steps"] == 0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -97,6 +97,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # --- Data, model, parts, the compiled round. --------------------------------
   started = time.perf_counter()
   train, test, task, setup_info = setup or setups.build(config, progress=progress)
+  trainable_rows = federated.trainable_sizes(train, task.example_mask)
+  try:
+    if not trainable_rows.any():
+      raise configuration.ConfigError(
+          f"config.data: must give some client a row that can train, got none of the "
+          f"{train.num_examples} training rows passing the task's example mask (e.g. no "
+          "captions: check data.caption_rate and data.missing_fraction)")
+    weights = builders.aggregation_weights(config, train, task)
+  except configuration.ConfigError:
+    ckpt.close()
+    raise
   mesh = mesh_lib.make_client_mesh(config.num_devices)
   server_tx = builders.server_optimizer(config)
   parts = builders.round_parts(config, jax.eval_shape(task.init_trainable, jax.random.key(0)))
@@ -125,11 +136,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   except ValueError as e:
     raise configuration.ConfigError(f"config.aggregation.max_stack_mib: {e}") from None
   eval_fn = jax.jit(evaluation.build_eval_fn(task, test, config.eval_batch_size))
-  weights = builders.aggregation_weights(config, train, task)
   agg_weights = mesh_lib.put_replicated(weights, mesh)
   # Size sampling draws by the rows that can train, like the weights.
   sample_weights = mesh_lib.put_replicated(
-      federated.trainable_sizes(train, task.example_mask).astype(np.float32), mesh)
+      trainable_rows.astype(np.float32), mesh)
   train_dev = mesh_lib.put_replicated(train, mesh)
   test_dev = mesh_lib.put_replicated(test, mesh)
   frozen = mesh_lib.put_replicated(task.frozen, mesh)
@@ -145,7 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   history: list[dict[str, Any]] = []
   start_round = 0
   if resuming:
-    run_state, meta = ckpt.restore(None, checkpoint_lib.abstract_like(run_state))
+    run_state, meta, step, notes = ckpt.restore_newest(checkpoint_lib.abstract_like(run_state))
+    for note in notes:
+      logging.warning("checkpoint %s; resuming from step %d", note, step)
     history = list(meta["history"])
     start_round = int(run_state["server"].round)
   metrics_lib.rewrite(workdir, history)
@@ -164,8 +176,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         sample_weights, frozen)
     run_state = {"server": server, "population": pop}
     record = {"round": r + 1, **metrics_lib.to_python(jax.device_get(round_metrics))}
+    stats = jax.device_get(divergence.server_stats(server))
+    record["server_step_norm"] = float(stats["server_step_norm"])
+    record["no_trainable_rows"] = _no_trainable_rows(record)
     train_seconds += time.perf_counter() - tick
-    check_round(record, config)
+    try:
+      check_round(record, config, history, params_finite=bool(stats["params_finite"]))
+    except NonFiniteError:
+      ckpt.close()
+      raise
     is_last = r + 1 == config.num_rounds
     if is_last or (config.eval_every and (r + 1) % config.eval_every == 0):
       record.update({f"eval_{k}": v for k, v in evaluate(server.trainable).items()})
@@ -190,13 +209,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "nonfinite_updates_total": int(np.sum(pop.nonfinite_updates)),
       "wall_seconds": time.perf_counter() - started,
       "round_seconds_this_run": train_seconds,
-      "devices": jax.device_count(),
+      "devices": mesh.size,          # the mesh the cohort was sharded over
+      "devices_total": jax.device_count(),
+      "rounds_without_trainable_rows": sum(h.get("no_trainable_rows", 0) for h in history),
       "algorithm": parts.algorithm.name,
       "aggregator": parts.aggregator.name,
       "epochs_truncation": truncation,
       "setup": setup_info,
   }
   metrics_lib.write_summary(workdir, summary)
+  if history and summary["rounds_without_trainable_rows"] == len(history):
+    raise NoTrainableRowsError(
+        f"no round of {len(history)} trained on any row (every sampled client's rows fail "
+        f"the task's example mask); {summary['rounds_without_trainable_rows']} rounds "
+        f"recorded in {workdir / metrics_lib.SUMMARY_FILE}")
   if return_trainable:
     return summary, jax.device_get(run_state["server"].trainable)
   return summary

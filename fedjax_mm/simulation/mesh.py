@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -20,6 +21,12 @@ from fedjax_mm.types import PyTree
 CLIENTS_AXIS = "clients"
 
 
+def _forced_host_devices(xla_flags: str) -> int | None:
+  """The count of ``--xla_force_host_platform_device_count=N`` in ``XLA_FLAGS``, if set."""
+  found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", xla_flags)
+  return int(found[-1]) if found else None   # XLA, like absl, keeps the last one
+
+
 def use_cpu_cores(num_devices: int | None = None) -> int | None:
   """One XLA CPU device per core, so a CPU run's cohort is sharded over every core.
 
@@ -27,16 +34,22 @@ def use_cpu_cores(num_devices: int | None = None) -> int | None:
   core the ``"clients"`` mesh spreads the cohort over all of them. Call it
   before JAX computes anything (the entry points do); it is a no-op, with a
   warning, once the backend is up, and it leaves GPU/TPU runs unchanged (their
-  default devices are the accelerators). ``$FEDJAX_MM_CPU_DEVICES`` overrides
-  the count (``1``: the old single-device behaviour).
+  default devices are the accelerators). The count is, in this order:
+  ``num_devices``; ``$FEDJAX_MM_CPU_DEVICES`` (``1``: the old single-device
+  behaviour); an explicit ``--xla_force_host_platform_device_count`` in
+  ``$XLA_FLAGS`` (left to XLA: ``jax_num_cpu_devices`` would override it);
+  one per core.
 
   Args:
-    num_devices: CPU devices to create (default: the env var, else one per core).
+    num_devices: CPU devices to create (default: as above).
 
   Returns:
     The count requested, or None if the backend was already initialized.
   """
   env = os.environ.get("FEDJAX_MM_CPU_DEVICES")
+  forced = _forced_host_devices(os.environ.get("XLA_FLAGS", ""))
+  if not num_devices and not env and forced is not None:
+    return forced
   n = num_devices or (int(env) if env else (os.cpu_count() or 1))
   try:
     jax.config.update("jax_num_cpu_devices", n)

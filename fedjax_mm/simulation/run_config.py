@@ -11,6 +11,7 @@ layout) is refused with the fields named.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from fedjax_mm import configuration
 FILENAME = "config.json"
 # Fields that change how a run is observed or laid out, not what it computes
 # (chunking and device count may change the last bits of float sums only).
+# The divergence guard decides when a run stops, not what a round computes.
 HARMLESS = ("eval_every", "eval_batch_size", "checkpoint.", "num_devices", "chunk_size",
-            "data.eval_clients", "model.cache_dir")
+            "data.eval_clients", "model.cache_dir", "divergence_factor")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -52,7 +54,44 @@ def changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def save(workdir: Path, config: ml_collections.ConfigDict) -> None:
-  (Path(workdir) / FILENAME).write_text(json.dumps(as_dict(config), indent=1, sort_keys=True))
+  """Writes ``config.json`` atomically: a kill mid-write leaves the old file whole."""
+  path = Path(workdir) / FILENAME
+  tmp = path.with_name(f"{FILENAME}.tmp")
+  try:
+    with open(tmp, "w") as f:
+      f.write(json.dumps(as_dict(config), indent=1, sort_keys=True))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def load(workdir: Path) -> dict[str, Any] | None:
+  """The saved config (None without ``config.json``).
+
+  Raises:
+    configuration.ConfigError: the file is not a JSON object (e.g. truncated
+      by a kill while an older version wrote it in place), one line.
+  """
+  path = Path(workdir) / FILENAME
+  if not path.exists():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    saved = e
+  if not isinstance(saved, dict):
+    raise configuration.ConfigError(
+        f"{path}: must be the run's config as a JSON object, got {_what(saved)} (truncated by "
+        "a killed write?): restore it, or delete it to resume without the resume check")
+  return saved
+
+
+def _what(value: Any) -> str:
+  if isinstance(value, ValueError):
+    return f"invalid JSON ({value})"
+  return f"a JSON {type(value).__name__}"
 
 
 def check_resume(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -61,10 +100,10 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict) -> None:
   A workdir without ``config.json`` (written by an older version) is
   accepted as it is.
   """
-  path = Path(workdir) / FILENAME
-  if not path.exists():
+  saved = load(workdir)
+  if saved is None:
     return
-  changes = changed_fields(json.loads(path.read_text()), as_dict(config))
+  changes = changed_fields(saved, as_dict(config))
   if changes:
     raise configuration.ConfigError(
         f"resuming {workdir} with a config that changes the run: {'; '.join(changes)} "
