@@ -97,8 +97,7 @@ def build(*, task: Task = TASK, num_clients: int = K, cohort: int = COHORT, chun
   if jit:
     fn = jax.jit(fn, **(FAST if compile_fast else {}))
   state = round_lib.init_server_state(task, tx, seed=seed, algorithm=algorithm,
-                                      aggregator=aggregator,
-                                      preprocessors=tuple(preprocessors))
+                                      aggregator=aggregator)
   pop = round_lib.init_population(task, num_clients, algorithm=algorithm,
                                   preprocessors=tuple(preprocessors))
   return Harness(fn, state, pop)

@@ -120,6 +120,8 @@ def make_algorithm(name, param=0.0):
     return algorithms.fedprox(param)
   if name == "scaffold":
     return algorithms.scaffold()
+  if name == "feddyn":
+    return algorithms.feddyn(param)
   return algorithms.fednova(client_momentum=param)
 
 
@@ -240,6 +242,28 @@ def reference_fednova(pop, cohorts, steps, lr, server_lr, momentum=0.0):
   return x
 
 
+def reference_feddyn(pop, cohorts, steps, lr, alpha):
+  """FedDyn, Algorithm 1 of Acar et al. (2021), in its own variables.
+
+  Client k keeps ``g_k = grad L_k(theta_k)`` (0 at first) and minimizes
+  ``L_k(t) - <g_k, t> + alpha/2 |t - theta|^2`` by local SGD steps; then
+  ``g_k <- g_k - alpha (theta_k - theta)``; the server, over the m clients:
+  ``h <- h - alpha/m sum_P (theta_k - theta)``, ``theta <- mean_P theta_k - h / alpha``.
+  Returns (theta, h, g for every client).
+  """
+  m = pop.num_clients
+  theta, h, g = W0.copy(), np.zeros(DIM), np.zeros((m, DIM))
+  for ids in cohorts:
+    local = {}
+    for k in ids:
+      local[k] = local_sgd(lambda w, k=k: pop.grad(k, w), theta, steps[k], lr,
+                           correction=lambda w, k=k: -g[k] + alpha * (w - theta))
+      g[k] = g[k] - alpha * (local[k] - theta)
+    h = h - alpha / m * np.sum([local[k] - theta for k in ids], axis=0)
+    theta = np.mean([local[k] for k in ids], axis=0) - h / alpha
+  return theta, h, g
+
+
 def reference_fedavg(pop, cohorts, steps, lr, server_lr, momentum=0.0):
   x = W0.copy()
   for ids in cohorts:
@@ -327,6 +351,25 @@ def test_scaffold_matches_numpy_reference(unequal_pop, spec):
   assert_close(state.algorithm["w"], p @ np.asarray(pop_state.client["w"], np.float64))
   never = sorted(set(range(K)) - set(np.concatenate(cohorts).tolist()))
   assert np.all(np.asarray(pop_state.client["w"])[never] == 0.0)
+
+
+# --------------------------------------------------------------------------- FedDyn
+
+@pytest.mark.parametrize("spec", [FULL, PARTIAL], ids=["full", "partial"])
+def test_feddyn_matches_numpy_reference(unequal_pop, spec):
+  """The paper's setting: uniform aggregation weights, server step 1 (theta <- mean - h/alpha)."""
+  alpha = 0.3
+  uniform = jnp.ones((K,), jnp.float32)
+  state, pop_state, cohorts, _, _ = simulate(
+      unequal_pop, spec, ("feddyn", alpha), rounds=4, client_lr=LR, server_lr=1.0, seed=2,
+      weights=uniform)
+  theta, h, g = reference_feddyn(unequal_pop, cohorts, STEPS, LR, alpha)
+  assert_close(state.trainable["w"], theta)
+  assert_close(state.algorithm["w"], h)
+  assert_close(pop_state.client["w"], g)
+  # The dynamic regularizer matters here: plain FedAvg lands elsewhere.
+  fedavg = reference_fedavg(unequal_pop, cohorts, STEPS, LR, 1.0)
+  assert np.linalg.norm(fedavg - theta) > 1e-2
 
 
 # --------------------------------------------------------------------------- 3. FedNova

@@ -105,9 +105,9 @@ def test_truncation_report_and_rows_used_metric(tmp_path):
 def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
   driver.train_and_evaluate(_small_config(), str(tmp_path), progress=False)
   saved = json.loads((tmp_path / run_config.FILENAME).read_text())
-  assert saved["server"]["optimizer"] == "fedavg" and saved["num_rounds"] == 4
+  assert saved["server"]["kind"] == "fedavg" and saved["num_rounds"] == 4
   for field, value in (("num_rounds", 6), ("server.learning_rate", 0.5),
-                       ("algorithm.name", "scaffold"), ("data.alpha", 0.5)):
+                       ("algorithm.kind", "scaffold"), ("data.alpha", 0.5)):
     with pytest.raises(configuration.ConfigError,
                        match=re.escape(f"config.{field}: ") + ".* -> "):
       driver.train_and_evaluate(_small_config(**{field: value}), str(tmp_path),
@@ -119,17 +119,34 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
   assert summary["resumed_from_round"] == 4
 
 
+def test_resume_of_a_workdir_written_before_the_registries_names_the_moved_fields(tmp_path):
+  driver.train_and_evaluate(_small_config(), str(tmp_path), progress=False)
+  path = tmp_path / run_config.FILENAME
+  saved = json.loads(path.read_text())
+  # What an older fedjax_mm wrote: flat part options, server.optimizer.
+  saved["server"]["optimizer"] = saved["server"].pop("kind")
+  saved["aggregation"]["trim_fraction"] = 0.1
+  path.write_text(json.dumps(saved))
+  with pytest.raises(configuration.ConfigError) as info:
+    driver.train_and_evaluate(_small_config(), str(tmp_path), progress=False)
+  message = str(info.value)
+  assert "\n" not in message and "written before the parts got their own config" in message
+  assert "config.server.optimizer -> config.server.kind" in message
+  assert ("config.aggregation.trim_fraction -> config.aggregation.trimmed_mean.trim_fraction"
+          in message)
+
+
 def test_demo_rows_are_labelled_by_what_ran():
   spec = importlib.util.spec_from_file_location("fedma_demo", ROOT / "experiments/fedma_demo.py")
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
   config = config_files.load(ROOT / "configs/fedma_demo.py", "dirichlet")
   assert demo.method_label(config) == "FedAvg"
-  config.server.optimizer = "fedadam"
+  config.server.kind = "fedadam"
   assert demo.method_label(config) == "FedAdam"
-  config.algorithm.name = "scaffold"
+  config.algorithm.kind = "scaffold"
   assert demo.method_label(config) == "SCAFFOLD + FedAdam server"
-  config.server.optimizer, config.algorithm.name = "fedavg", "fednova"
+  config.server.kind, config.algorithm.kind = "fedavg", "fednova"
   config.client.optimizer, config.aggregation.kind = "sgd", "median"
   assert demo.method_label(config) == "FedNova (SGD clients), median"
 

@@ -8,13 +8,14 @@ here.
 
 The whole-cohort reductions are also plain public functions (stacked pytree
 ``[C, ...]``, weights ``[C]``, mask ``[C]`` -> aggregate), callable outside a
-round: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`krum`,
+round: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`krum`, :func:`bulyan`,
 :func:`geometric_median`, :func:`canonical_fusion`, :func:`ties_merge`,
 :func:`knots_merge`.
 """
 
 from __future__ import annotations
 
+from fedjax_mm.aggregation import bulyan as _bulyan
 from fedjax_mm.aggregation import clipping as _clipping
 from fedjax_mm.aggregation import coordinatewise as _coordinatewise
 from fedjax_mm.aggregation import cra as _cra
@@ -23,8 +24,10 @@ from fedjax_mm.aggregation import knots as _knots
 from fedjax_mm.aggregation import krum as _krum
 from fedjax_mm.aggregation import mean as _mean
 from fedjax_mm.aggregation import ties as _ties
+from fedjax_mm.aggregation import topk as _topk
 from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
                                         StreamingAggregator, stack_bytes, stateless)
+from fedjax_mm.aggregation.bulyan import bulyan
 from fedjax_mm.aggregation.canonical import (CanonicalState, canonical_aggregator,
                                              canonical_fusion)
 from fedjax_mm.aggregation.canonical_streamed import canonical_streaming
@@ -43,6 +46,7 @@ AGGREGATORS = Registry("aggregator", [
     _coordinatewise.TRIMMED_MEAN,
     _krum.KRUM,
     _krum.MULTI_KRUM,
+    _bulyan.PART,
     _geometric_median.PART,
     _cra.PART,
     _ties.PART,
@@ -51,9 +55,10 @@ AGGREGATORS = Registry("aggregator", [
 
 PREPROCESSORS = Registry("preprocessor", [
     _clipping.PART,
+    _topk.PART,
 ])
 
-__all__ = ["AGGREGATORS", "PREPROCESSORS", "CanonicalState", "canonical_aggregator",
+__all__ = ["AGGREGATORS", "PREPROCESSORS", "bulyan", "CanonicalState", "canonical_aggregator",
            "canonical_fusion", "canonical_streaming", "Aggregator", "CohortAggregator",
            "Preprocessor", "StreamingAggregator", "coordinate_median", "geometric_median",
            "krum", "knots_merge", "krum_scores", "l2_clip", "stack_bytes", "stateless",

@@ -78,14 +78,24 @@ Aggregator = StreamingAggregator | CohortAggregator
 class Preprocessor(NamedTuple):
   """A per-client step on each upload before aggregation (vmapped by the round).
 
+  The round runs the configured chain in order (e.g. clip -> local noise ->
+  compress -> mask), each step with its own key per client and round.
+
   Attributes:
     name: prefix of its metrics.
     apply: ``(delta, key) -> (delta, metrics)`` for one client; metrics are
-      per-client scalars, reported as their mean over counted clients.
+      per-client scalars, reported as their mean over counted clients. With
+      ``init_state``: ``(delta, key, state) -> (delta, new_state, metrics)``.
+    init_state: None for a stateless step; else ``template delta -> one
+      client's state`` (e.g. an error-feedback residual), kept for the whole
+      population in ``PopulationState.preprocess`` (``[K, ...]``, gathered and
+      scattered chunk by chunk like the algorithm's client state) and
+      updated only for clients whose upload counted.
   """
 
   name: str
-  apply: Callable[[PyTree, jax.Array], tuple[PyTree, Metrics]]
+  apply: Callable[..., tuple]
+  init_state: Callable[[PyTree], PyTree] | None = None
 
 
 def no_state(_: PyTree) -> tuple:

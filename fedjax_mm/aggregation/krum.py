@@ -71,8 +71,8 @@ def _centred(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[:, None], x - median[None, :], jnp.zeros((), x.dtype))
 
 
-def _krum_scores_flat(x: jax.Array, mask: jax.Array, n: jax.Array,
-                      num_byzantine: int) -> jax.Array:
+def pairwise_distances(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Squared distances between the valid rows of ``x [C, P]`` (``+inf`` elsewhere and on the diagonal)."""
   num_clients = x.shape[0]
   x = _centred(x, mask)
   # ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b from the Gram matrix: O(C^2 + C*P)
@@ -84,8 +84,15 @@ def _krum_scores_flat(x: jax.Array, mask: jax.Array, n: jax.Array,
   gram = jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST)
   distances = jnp.maximum(
       squared_norms[:, None] + squared_norms[None, :] - 2.0 * gram, 0.0)
-  is_neighbour = mask[None, :] & ~jnp.eye(num_clients, dtype=bool)
-  distances = jnp.where(is_neighbour, distances, jnp.inf)
+  is_neighbour = mask[:, None] & mask[None, :] & ~jnp.eye(num_clients, dtype=bool)
+  return jnp.where(is_neighbour, distances, jnp.inf)
+
+
+def scores_from_distances(distances: jax.Array, mask: jax.Array, n: jax.Array,
+                          num_byzantine: int) -> jax.Array:
+  """Krum scores among the rows in ``mask`` (``n`` of them), from :func:`pairwise_distances`."""
+  num_clients = distances.shape[0]
+  distances = jnp.where(mask[:, None] & mask[None, :], distances, jnp.inf)
   # Each row ascending: its n - 1 valid neighbours first, then +inf.
   distances = jnp.sort(distances, axis=1)
   # Paper: n - f - 2 closest neighbours. That is < 1 when n <= f + 2; we then
@@ -95,6 +102,11 @@ def _krum_scores_flat(x: jax.Array, mask: jax.Array, n: jax.Array,
   counted = jnp.arange(num_clients)[None, :] < num_neighbours
   scores = jnp.sum(jnp.where(counted, distances, 0.0), axis=1)
   return jnp.where(mask, scores, jnp.inf)
+
+
+def _krum_scores_flat(x: jax.Array, mask: jax.Array, n: jax.Array,
+                      num_byzantine: int) -> jax.Array:
+  return scores_from_distances(pairwise_distances(x, mask), mask, n, num_byzantine)
 
 
 def krum_scores(updates: PyTree, mask: jax.Array, *,

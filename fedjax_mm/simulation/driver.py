@@ -150,7 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                             algorithm=parts.algorithm,
                                             aggregator=parts.aggregator),
       "population": round_lib.init_population(task, config.data.num_clients,
-                                              algorithm=parts.algorithm),
+                                              algorithm=parts.algorithm,
+                                              preprocessors=parts.preprocessors),
   }, mesh)
   history: list[dict[str, Any]] = []
   start_round = 0

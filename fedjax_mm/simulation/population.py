@@ -40,10 +40,13 @@ class PopulationState:
     stats: bookkeeping kept by the :class:`ClientStateRule` (participation).
     client: the algorithm's per-client state (e.g. SCAFFOLD's control
       variates); ``()`` when it keeps none.
+    preprocess: one entry per preprocessor of the chain: its per-client state
+      (e.g. error-feedback residuals), ``()`` for a stateless step.
   """
 
   stats: PyTree
   client: PyTree = ()
+  preprocess: PyTree = ()
 
 
 def broadcast_population(one_client: PyTree, num_clients: int) -> PyTree:
@@ -53,10 +56,11 @@ def broadcast_population(one_client: PyTree, num_clients: int) -> PyTree:
 
 
 def init_population(rule: ClientStateRule, num_clients: int,
-                    client_state: PyTree = ()) -> PopulationState:
-  """Round-0 population: the rule's bookkeeping and ``client_state`` for every client."""
+                    client_state: PyTree = (), preprocess_state: PyTree = ()) -> PopulationState:
+  """Round-0 population: bookkeeping, ``client_state`` and ``preprocess_state`` for every client."""
   return PopulationState(stats=broadcast_population(rule.init(), num_clients),
-                         client=broadcast_population(client_state, num_clients))
+                         client=broadcast_population(client_state, num_clients),
+                         preprocess=broadcast_population(preprocess_state, num_clients))
 
 
 def gather(population_state: PyTree, ids: jax.Array) -> PyTree:

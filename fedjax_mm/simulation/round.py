@@ -194,6 +194,10 @@ def build_round_fn(
     # Frozen weights enter as an argument (not a compile-time constant) and
     # are shared by every client: in_axes=None in effect, never per client.
     frozen = task.frozen if frozen is None else frozen
+    stateful = [p.name for p in preprocessors if p.init_state is not None]
+    if stateful and not jax.tree.leaves(population_state.preprocess):
+      raise ValueError(f"preprocessors {stateful} keep per-client state: build the population "
+                       "with init_population(..., preprocessors=<the same chain>)")
     ids = cohort_ids(state, spec, sample_weights)
     valid = jnp.arange(padded) < spec.cohort_size
     ids = jnp.concatenate([ids, jnp.zeros((padded - spec.cohort_size,), jnp.int32)])
@@ -211,17 +215,28 @@ def build_round_fn(
         loss_fn=task.per_example_loss, tx=client_optimizer(lr), learning_rate=lr,
         round=state.round, example_mask=task.example_mask)
 
-    def one_client(c, client_state, stats):
+    def one_client(c, client_state, stats, pre_states):
       slot = client_lib.ClientSlot(id=c["id"], offset=c["offset"], size=c["size"],
                                    key=client_key(state, c["id"]), weight=c["weight"])
       result, new_state, metrics = algorithm.client.update(ctx, slot, client_state)
       result, new_state = _exclude_nonfinite(result, new_state, client_state)
       metrics = _prefixed(algorithm.name, metrics)
       delta, key = result.delta, preprocess_key(state, c["id"])
-      for i, pre in enumerate(preprocessors):
-        delta, pre_metrics = pre.apply(delta, jax.random.fold_in(key, i))
+      # A population built without preprocessor state (every step stateless).
+      pre_states = tuple(pre_states) or ((),) * len(preprocessors)
+      new_pre_states = []
+      for i, (pre, pre_state) in enumerate(zip(preprocessors, pre_states)):
+        if pre.init_state is None:
+          delta, pre_metrics = pre.apply(delta, jax.random.fold_in(key, i))
+        else:
+          delta, pre_state, pre_metrics = pre.apply(delta, jax.random.fold_in(key, i), pre_state)
+        new_pre_states.append(pre_state)
         metrics.update(_prefixed(pre.name, pre_metrics))
       counted = c["valid"] & result.is_finite
+      # A step's state moves only with an upload that counts (an excluded
+      # client's residual must not absorb its NaN delta).
+      new_pre_states = jax.tree.map(lambda n, o: jnp.where(counted, n, o),
+                                    tuple(new_pre_states), tuple(pre_states))
       mean_loss = result.loss_sum / jnp.maximum(result.num_steps, 1)
       engine = {
           "loss_x_examples": jnp.where(counted, mean_loss * result.num_examples, 0.0),
@@ -238,18 +253,19 @@ def build_round_fn(
           lambda x: jnp.where(counted, x, jnp.zeros_like(x)), tree)
       sums = {**engine, **only_counted(metrics), "extras": only_counted(result.extras)}
       return delta, result.weight, counted, sums, new_state, state_rule.update(
-          stats, result, state.round)
+          stats, result, state.round), new_pre_states
 
     def chunk_body(carry, xs):
       acc, sums, pop = carry
       xs = mesh_lib.shard_clients_axis(xs, mesh)
       rows = lambda tree: population.gather(tree, xs["id"])
-      deltas, weights, counted, client_sums, new_states, new_stats = jax.vmap(
-          one_client, **spmd)(xs, rows(pop.client), rows(pop.stats))
+      deltas, weights, counted, client_sums, new_states, new_stats, new_pre = jax.vmap(
+          one_client, **spmd)(xs, rows(pop.client), rows(pop.stats), rows(pop.preprocess))
       deltas = mesh_lib.shard_clients_axis(deltas, mesh)
       pop = population.PopulationState(
           stats=population.scatter(pop.stats, xs["id"], new_stats, xs["valid"]),
-          client=population.scatter(pop.client, xs["id"], new_states, xs["valid"]))
+          client=population.scatter(pop.client, xs["id"], new_states, xs["valid"]),
+          preprocess=population.scatter(pop.preprocess, xs["id"], new_pre, xs["valid"]))
       sums = jax.tree.map(lambda s, c: s + jnp.sum(c, axis=0), sums, client_sums)
       if streaming:
         return (aggregator.accumulate(acc, deltas, weights), sums, pop), None
@@ -261,7 +277,8 @@ def build_round_fn(
     one = jax.tree.map(lambda x: x[0], per_client)
     shapes = jax.eval_shape(
         one_client, one, population.gather(population_state.client, one["id"]),
-        population.gather(population_state.stats, one["id"]))[3]
+        population.gather(population_state.stats, one["id"]),
+        population.gather(population_state.preprocess, one["id"]))[3]
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     acc0 = aggregator.start(state.aggregator, state.trainable) if streaming else ()
     (acc, sums, new_population), stacked = jax.lax.scan(
@@ -340,11 +357,17 @@ def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed:
 
 
 def init_population(task: Task, num_clients: int, *, algorithm: Algorithm | None = None,
-                    state_rule: population.ClientStateRule | None = None
+                    state_rule: population.ClientStateRule | None = None,
+                    preprocessors: Sequence[Preprocessor] = ()
                     ) -> population.PopulationState:
-  """Round-0 population state for ``algorithm`` (bookkeeping + its client state)."""
+  """Round-0 population state: bookkeeping, the algorithm's and the preprocessors' client state."""
   algorithm = algorithm or fedavg()
   state_rule = state_rule or population.participation_stats()
   template = jax.eval_shape(task.init_trainable, jax.random.key(0))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-  return population.init_population(state_rule, num_clients, algorithm.client.init_state(zeros))
+  pre_state = tuple(() if pre.init_state is None else pre.init_state(zeros)
+                    for pre in preprocessors)
+  if not jax.tree.leaves(pre_state):   # a stateless chain keeps no entry (as before it existed)
+    pre_state = ()
+  return population.init_population(state_rule, num_clients, algorithm.client.init_state(zeros),
+                                    pre_state)

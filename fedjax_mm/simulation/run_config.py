@@ -103,6 +103,15 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict) -> None:
   saved = load(workdir)
   if saved is None:
     return
+  flat = _flatten(saved)
+  moved = [f"config.{old} -> config.{new}" for old, new in configuration.MOVED.items()
+           if old in flat]
+  if moved:
+    raise configuration.ConfigError(
+        f"{Path(workdir) / FILENAME} was written before the parts got their own config "
+        f"sections; these fields moved: {'; '.join(moved)}. Its run cannot be resumed with "
+        "today's config layout: start it again in a new --workdir with the new field names "
+        "(python -m fedjax_mm.main --help lists them)")
   changes = changed_fields(saved, as_dict(config))
   if changes:
     raise configuration.ConfigError(
