@@ -202,3 +202,24 @@ def test_bad_options_name_the_argument(kwargs, match):
   updates, weights, mask = _stack(0)
   with pytest.raises(ValueError, match=match):
     canonical_fusion(updates, weights, mask, **kwargs)
+
+
+# Compile fast (tiny programs): XLA's backend optimizations cost more than they save.
+FAST = {"compiler_options": {"xla_backend_optimization_level": 0}}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_vmapped_matches_unbatched_within_the_float32_bound(batch):
+  # Batched eigh/einsum kernels round otherwise than the lone call, so the
+  # two agree only to the float32 bound (each within float32_bound of exact).
+  stacks = [_stack(10 + i) for i in range(batch)]
+  fn = lambda u, w, m: canonical_fusion(u, w, m, rank=2, temperature=0.5)[0]
+  batched = jax.jit(jax.vmap(fn), **FAST)(*jax.tree.map(lambda *x: np.stack(x), *stacks))
+  alone_fn = jax.jit(fn)
+  for i, (u, w, m) in enumerate(stacks):
+    alone = alone_fn(u, w, m)
+    bound = float32_bound(lambda turn: (lambda out, a: (out["w"], out["b"]))(*reference(
+        u, w, m, 2, "explained", 0.5, turn=turn)), u["w"][m].astype(np.float64), 2)
+    for k, b in zip(("w", "b"), np.split(bound, [M * N])):
+      np.testing.assert_array_less(np.abs(np.asarray(batched[k][i]) - np.asarray(alone[k])).ravel(),
+                                   2 * b)
