@@ -30,15 +30,18 @@ def _global(seed):
           "b": rng.normal(size=N).astype(np.float32)}
 
 
-def reference(updates, weights, mask, rank, reliability, temperature, global_w=None):
-  """Steps 0-5 of the module doc on the valid clients, in float64."""
+def reference(updates, weights, mask, rank, reliability, temperature, global_w=None,
+              turn=None):
+  """Steps 0-5 of the module doc on the valid clients, in float64 (``turn``: an
+  ``m x m`` rotation applied to the singular vectors, for :func:`float32_bound`)."""
   d_k = updates["w"][mask].astype(np.float64)
   x_k = d_k if global_w is None else global_w.astype(np.float64) - d_k   # step 0
   b_k = updates["b"][mask].astype(np.float64)
   p = weights[mask].astype(np.float64)
   p = p / p.sum()
   m = np.concatenate(list(x_k), axis=1)                    # m x (n K)
-  u = np.linalg.svd(m, full_matrices=False)[0][:, :rank]   # top-r left singular vectors
+  u = np.linalg.svd(m, full_matrices=False)[0]
+  u = (u if turn is None else turn @ u)[:, :rank]          # top-r left singular vectors
   coeffs = np.stack([u.T @ x for x in x_k])                 # K x r x n
   consensus = np.einsum("k,krn->rn", p, coeffs)
   if reliability == "explained":
@@ -63,6 +66,44 @@ def reference(updates, weights, mask, rank, reliability, temperature, global_w=N
   return {"w": fused, "b": alpha @ b_k}, alpha
 
 
+def subspace_turn(mats, rank):
+  """Davis-Kahan bound on the float32 turn of the top-``rank`` eigenspace of
+  ``G = Σ_k X_k X_kᵀ`` (``mats [K, m, n]``, float64; see float32_bound)."""
+  gram = np.einsum("kmn,kpn->mp", mats, mats)
+  lam = np.sort(np.linalg.eigvalsh(gram))[::-1]
+  m = len(lam)
+  error = (mats.shape[0] * mats.shape[2] + m) * np.finfo(np.float32).eps * np.trace(gram)
+  return min(1.0, error / (lam[rank - 1] - lam[rank])) if rank < m else 0.0
+
+
+def float32_bound(fn, mats, rank):
+  """First-order bound on how far float32 moves ``fn(turn)`` (a float64 reference
+  whose eigenbasis is turned by the rotation ``turn``) through the eigenbasis of
+  ``G = Σ_k X_k X_kᵀ`` (``mats [K, m, n]``), plus rounding of the sums.
+
+  float32 moves G by ``||E|| <= (K n + m) eps tr(G)`` (K n-term dots, plus
+  eigh's backward error), so the top-``rank`` subspace turns by
+  ``sin θ <= ||E|| / (λ_r - λ_{r+1})`` (Davis-Kahan; any turn of a full basis
+  when ``rank = m``, where only the span matters: the gap is then ``inf``).
+  A turn by θ is ``expm(A)`` with ``||A||_F <= sqrt(2) θ``; to first order the
+  result moves by ``<= ||A||_F sqrt(Σ_g ||∂fn/∂a_g||²)`` over the unit
+  generators g (central differences in float64). Rounding of the remaining
+  sums and the softmax: ``64 eps`` times the result's magnitude.
+  """
+  eps, m = np.finfo(np.float32).eps, mats.shape[1]
+  theta = subspace_turn(mats, rank)
+  base = np.concatenate([np.ravel(v) for v in fn(np.eye(m))])
+  squares, h = np.zeros_like(base), 1e-6
+  for i in range(m):
+    for j in range(i + 1, m):
+      a = np.zeros((m, m))
+      a[i, j], a[j, i] = h, -h
+      turn = lambda t: np.eye(m) + t * a + (t * a) @ (t * a) / 2   # expm to O(h^3)
+      plus, minus = (np.concatenate([np.ravel(v) for v in fn(turn(t))]) for t in (1, -1))
+      squares += ((plus - minus) / (2 * h)) ** 2
+  return np.sqrt(2) * theta * np.sqrt(squares) + 64 * eps * np.max(np.abs(base))
+
+
 @pytest.mark.parametrize("reliability", ["explained", "agreement", "inverse_variance",
                                          "uniform"])
 @pytest.mark.parametrize("rank", [1, 3])
@@ -74,12 +115,20 @@ def test_matches_numpy_reference(reliability, rank, decompose):
       u, w, m, rank=rank, reliability=reliability, temperature=0.5, decompose=decompose,
       params=g))
   got, info = fn(updates, weights, mask, params)
-  want, alpha = reference(updates, weights, mask, rank, reliability, 0.5,
-                          params["w"] if decompose == "weights" else None)
-  np.testing.assert_allclose(np.asarray(info["alpha"])[mask], alpha, rtol=1e-4, atol=1e-6)
+  global_w = params["w"] if decompose == "weights" else None
+  want, alpha = reference(updates, weights, mask, rank, reliability, 0.5, global_w)
+  # Per entry bounds (float32_bound): alpha, then w and b in the reference's order.
+  x_k = updates["w"][mask].astype(np.float64)
+  bound = float32_bound(
+      lambda turn: (lambda out, a: (a, out["w"], out["b"]))(*reference(
+          updates, weights, mask, rank, reliability, 0.5, global_w, turn)),
+      x_k if global_w is None else global_w - x_k, rank)
+  sizes = np.cumsum([alpha.size, want["w"].size])
+  np.testing.assert_array_less(np.abs(np.asarray(info["alpha"])[mask] - alpha),
+                               bound[:sizes[0]] + 1e-30)
   assert np.all(np.asarray(info["alpha"])[~mask] == 0)
-  for k in want:
-    np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-4, atol=1e-5)
+  for k, b in zip(("w", "b"), np.split(bound, sizes)[1:]):
+    np.testing.assert_array_less(np.abs(np.asarray(got[k]) - want[k]).ravel(), b + 1e-30)
 
 
 @pytest.mark.parametrize("decompose", ["updates", "weights"])
@@ -87,12 +136,19 @@ def test_full_rank_explained_is_the_weighted_mean(decompose):
   updates, weights, mask = _stack(3)
   got, info = canonical_fusion(updates, weights, mask, decompose=decompose, params=_global(3))
   p = np.where(mask, weights, 0) / np.sum(weights[mask])
+  # Full rank: U Uᵀ = I to 4 m eps, ρ_k = 1 to (m + n) eps each side of its
+  # ratio, which the softmax turns into relative alpha errors of
+  # 2 (m + n) eps / τ (τ = 0.1): per entry <= (2 (m + n) / τ + 4 m + 8) eps
+  # times Σ_k p_k |ΔW_k| (the +8: the weighted sum's own rounding).
+  eps = np.finfo(np.float32).eps
   for k in updates:
-    np.testing.assert_allclose(np.asarray(got[k]),
-                               np.tensordot(p, np.where(mask.reshape((-1,) + (1,) * (updates[k].ndim - 1)),
-                                                        updates[k], 0), axes=1),
-                               rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(float(info["explained"]), 1.0, rtol=1e-5)
+    valid = np.where(mask.reshape((-1,) + (1,) * (updates[k].ndim - 1)), updates[k], 0)
+    bound = (2 * (M + N) / 0.1 + 4 * M + 8) * eps * np.tensordot(p, np.abs(valid), axes=1)
+    np.testing.assert_array_less(np.abs(np.asarray(got[k]) - np.tensordot(p, valid, axes=1)),
+                                 bound)
+  # Σ tr(UᵀGU) / Σ tr(G): UᵀU = I to m eps, the traces' K n-term dots: 5e-6.
+  np.testing.assert_allclose(float(info["explained"]), 1.0,
+                             rtol=(C * N + 2 * M) * np.finfo(np.float32).eps)
 
 
 def test_truncated_basis_down_weights_an_update_outside_the_shared_subspace():
@@ -107,8 +163,12 @@ def test_truncated_basis_down_weights_an_update_outside_the_shared_subspace():
                                temperature=0.1)
   alpha = np.asarray(info["alpha"])
   assert alpha[6] < 1e-3 * alpha[:6].min()        # explains ~0 of its own update
-  # The fused update lies in the shared direction: nothing of the outlier.
-  np.testing.assert_allclose(np.asarray(got["w"]) @ v / (v @ v) @ b, 0.0, atol=1e-5)
+  # The fused update lies in the shared direction: nothing of the outlier,
+  # but for the float32 turn θ of the basis (subspace_turn) times the fused
+  # update's norm, plus rounding (16 eps of it).
+  fused = np.einsum("k,kmn->mn", alpha, w)
+  leak = (subspace_turn(w, 1) + 16 * np.finfo(np.float32).eps) * np.linalg.norm(fused)
+  assert abs(np.asarray(got["w"]) @ v / (v @ v) @ b) <= leak
 
 
 def test_padding_is_inert_and_all_masked_is_zero():
@@ -118,8 +178,13 @@ def test_padding_is_inert_and_all_masked_is_zero():
            for k, v in updates.items()}
   more, _ = canonical_fusion(extra, np.concatenate([weights, [9.0, 9.0, 9.0]]),
                              np.concatenate([mask, [False] * 3]), rank=2)
-  for k in base:
-    np.testing.assert_allclose(np.asarray(more[k]), np.asarray(base[k]), rtol=1e-4, atol=1e-5)
+  # Both within float32_bound of the exact result (explained, τ = 0.1).
+  bound = float32_bound(lambda turn: (lambda out, a: (out["w"], out["b"]))(*reference(
+      updates, weights, mask, 2, "explained", 0.1, turn=turn)),
+      updates["w"][mask].astype(np.float64), 2)
+  for k, b in zip(("w", "b"), np.split(bound, [M * N])):
+    np.testing.assert_array_less(np.abs(np.asarray(more[k]) - np.asarray(base[k])).ravel(),
+                                 2 * b)
   none, _ = canonical_fusion(updates, weights, np.zeros(C, bool), rank=2)
   for leaf in jax.tree.leaves(none):
     assert np.all(np.asarray(leaf) == 0)
@@ -137,3 +202,24 @@ def test_bad_options_name_the_argument(kwargs, match):
   updates, weights, mask = _stack(0)
   with pytest.raises(ValueError, match=match):
     canonical_fusion(updates, weights, mask, **kwargs)
+
+
+# Compile fast (tiny programs): XLA's backend optimizations cost more than they save.
+FAST = {"compiler_options": {"xla_backend_optimization_level": 0}}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_vmapped_matches_unbatched_within_the_float32_bound(batch):
+  # Batched eigh/einsum kernels round otherwise than the lone call, so the
+  # two agree only to the float32 bound (each within float32_bound of exact).
+  stacks = [_stack(10 + i) for i in range(batch)]
+  fn = lambda u, w, m: canonical_fusion(u, w, m, rank=2, temperature=0.5)[0]
+  batched = jax.jit(jax.vmap(fn), **FAST)(*jax.tree.map(lambda *x: np.stack(x), *stacks))
+  alone_fn = jax.jit(fn)
+  for i, (u, w, m) in enumerate(stacks):
+    alone = alone_fn(u, w, m)
+    bound = float32_bound(lambda turn: (lambda out, a: (out["w"], out["b"]))(*reference(
+        u, w, m, 2, "explained", 0.5, turn=turn)), u["w"][m].astype(np.float64), 2)
+    for k, b in zip(("w", "b"), np.split(bound, [M * N])):
+      np.testing.assert_array_less(np.abs(np.asarray(batched[k][i]) - np.asarray(alone[k])).ravel(),
+                                   2 * b)

@@ -95,7 +95,41 @@ def knots_ref(updates, weights, mask, merge, density, rank):
   return out
 
 
+def knots_bound(updates, mask, rank=None):
+  """Worst-case float32 change of KnOTS's result through its eigenbases (float64).
+
+  Per matrix, float32 moves ``G = Σ_k X_k X_kᵀ`` by ``||E|| <= (K n + m) eps
+  || |X| |X|ᵀ ||`` (entrywise |E| <= K n eps |X| |X|ᵀ for K n-term dots, plus
+  eigh's backward error), so each kept
+  eigenvector turns by ``<= sqrt(2) ||E|| / gap`` (Davis-Kahan; gap = the
+  smallest gap around the kept, supported eigenvalues: TIES is not
+  rotation-invariant, so single vectors matter). The result ``U merge(Uᵀ X_k)``
+  then moves by that times ``(1 + sqrt(K)) max_k ||X_k||`` (U on both sides;
+  TIES' per-entry weighted means are 1-Lipschitz per entry when no trim
+  flips), summed over the matrices (one trim pool); plus 16 eps rounding.
+  """
+  eps, valid = np.finfo(np.float32).eps, np.flatnonzero(mask)
+  total = 0.0
+  for key, leaf in updates.items():
+    if leaf.ndim < 3:
+      continue
+    x = leaf[valid].reshape(len(valid), -1, leaf.shape[-1]).astype(np.float64)
+    gram = np.einsum("kmn,kpn->mp", x, x)
+    lam = np.sort(np.linalg.eigvalsh(gram))[::-1]
+    kept = int(np.sum(lam > lam[0] * max(x.shape[1], x.shape[2] * len(valid)) * eps))
+    kept = kept if rank is None else min(kept, rank)
+    gap = np.min(-np.diff(lam[:kept + 1])) if kept < len(lam) else np.min(-np.diff(lam))
+    magnitude = np.linalg.norm(np.einsum("kmn,kpn->mp", np.abs(x), np.abs(x)), 2)
+    error = (len(valid) * x.shape[2] + x.shape[1]) * eps * magnitude
+    size = np.max(np.linalg.norm(x.reshape(len(x), -1), axis=1))
+    total += np.sqrt(2) * error / gap * (1 + np.sqrt(len(valid))) * size
+  scale = max(np.max(np.abs(v[valid])) for v in updates.values())
+  return total + 16 * eps * scale
+
+
 def _assert_close(got, want, tol=1e-5):
+  # Default (TIES, no basis): per entry a sum of <= 5 clients' O(1) entries
+  # and one division, <= 8 eps max|x| ~ 3e-6 in float32; 1e-5 covers it.
   for k in want:
     assert got[k].shape == SHAPES[k] and got[k].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=tol, atol=tol)
@@ -126,8 +160,8 @@ def _check_masking(fn, updates, weights, mask, got):
   weights_changed = weights.copy()
   weights_changed[~mask] = 1e6
   again = fn(updates, weights_changed, mask)[0]
-  for k in updates:
-    np.testing.assert_allclose(again[k], got[k], rtol=1e-6, atol=1e-7)
+  for k in updates:   # masked weights are zeroed before any arithmetic: same bits
+    np.testing.assert_array_equal(again[k], got[k])
   nobody, info = fn(updates, weights, np.zeros(C, bool))
   assert all(np.all(np.asarray(v) == 0) for v in nobody.values())
   assert all(np.isfinite(v) for v in info.values())
@@ -184,7 +218,8 @@ def test_knots_ties_under_jit_matches_reference_and_ignores_masked_clients():
   # neither count in the trim budget nor enter the merge.
   updates, weights, mask = _stack(2)
   got, info = KNOTS_TIES(updates, weights, mask)
-  _assert_close(got, knots_ref(updates, weights, mask, "ties", 0.3, None), tol=2e-5)
+  _assert_close(got, knots_ref(updates, weights, mask, "ties", 0.3, None),
+                tol=knots_bound(updates, mask))
   assert float(info["energy"]) == pytest.approx(1.0, abs=1e-6)
   _check_masking(KNOTS_TIES, updates, weights, mask, got)
 
@@ -193,7 +228,8 @@ def test_knots_ties_under_jit_matches_reference_and_ignores_masked_clients():
 def test_knots_truncated_rank_matches_reference(merge):
   updates, weights, mask = _stack(3)
   got, info = knots_merge(updates, weights, mask, merge=merge, density=0.3, rank=2)
-  _assert_close(got, knots_ref(updates, weights, mask, merge, 0.3, 2), tol=2e-5)
+  _assert_close(got, knots_ref(updates, weights, mask, merge, 0.3, 2),
+                tol=knots_bound(updates, mask, rank=2))
   assert float(info["energy"]) < 1.0
 
 
@@ -203,7 +239,10 @@ def test_knots_mean_full_rank_is_the_weighted_mean():
   p = np.where(mask, weights, 0) / weights[mask].sum()
   want = {k: np.tensordot(p, np.where(mask.reshape((-1,) + (1,) * len(s)), updates[k], 0), 1)
           for k, s in SHAPES.items()}
-  _assert_close(got, want)
+  # Full rank: U Uᵀ = I to 4 m eps (m <= 8 rows), plus the sums' rounding: 64 eps
+  # times the largest entry (~3) = 2.3e-5.
+  scale = max(np.max(np.abs(v[mask])) for v in updates.values())
+  _assert_close(got, want, tol=64 * np.finfo(np.float32).eps * scale)
   assert float(info["energy"]) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -221,3 +260,22 @@ def test_guards():
   for fn, kwargs, field in bad:
     with pytest.raises(ValueError, match=f"^{field}: must be"):
       fn(updates, weights, mask, **kwargs)
+
+
+# Compile fast (tiny programs): XLA's backend optimizations cost more than they save.
+FAST = {"compiler_options": {"xla_backend_optimization_level": 0}}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_knots_vmapped_matches_unbatched_within_the_float32_bound(batch):
+  # Batched eigh/einsum kernels round otherwise than the lone call: each is
+  # within knots_bound of the exact result, so they differ by <= twice it.
+  stacks = [_stack(10 + i) for i in range(batch)]
+  batched = jax.jit(jax.vmap(lambda u, w, m: KNOTS_TIES(u, w, m)[0]), **FAST)(
+      *jax.tree.map(lambda *x: np.stack(x), *stacks))
+  for i, (u, w, m) in enumerate(stacks):
+    alone = KNOTS_TIES(u, w, m)[0]
+    tol = 2 * knots_bound(u, m)
+    for k in alone:
+      np.testing.assert_array_less(np.abs(np.asarray(batched[k][i]) - np.asarray(alone[k])),
+                                   tol)

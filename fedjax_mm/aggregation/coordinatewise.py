@@ -81,8 +81,9 @@ def trimmed_mean(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   Per coordinate, the ``k = floor(trim_fraction * n)`` smallest and the k
   largest of the n valid values are dropped (the product rounded to 9
   decimals first, :func:`fedjax_mm.data.federated.fraction_count`: 0.29 * 100
-  gives 29) and the remaining ``n - 2k`` are averaged (unweighted, as in the paper; ``weights`` is unused). With
-  ``trim_fraction = 0`` this is the plain mean of the valid clients. Since
+  gives 29) and the remaining ``n - 2k`` are averaged (unweighted, as in the
+  paper; ``weights`` is unused). With ``trim_fraction = 0`` this is the plain
+  mean of the valid clients. Since
   ``trim_fraction < 0.5``, at least one value always remains; k is in any case
   capped at ``(n - 1) // 2`` so that the median element(s) are kept.
 

@@ -50,9 +50,11 @@ def check_num_byzantine(num_byzantine, cohort_size: int) -> None:
                 f"cohort size C = {cohort_size})", integer=True)
 
 
-def _stack_size(mask) -> int:
+def _check_on_stack(num_byzantine, mask) -> None:
+  """The bound on the stack's C rows (a mask that is not ``[C]``: flatten_clients says why)."""
   shape = jnp.shape(mask)
-  return shape[0] if len(shape) == 1 else 0   # a bad mask: flatten_clients says why
+  if len(shape) == 1:
+    check_num_byzantine(num_byzantine, shape[0])
 
 
 def _centred(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -131,7 +133,7 @@ def krum_scores(updates: PyTree, mask: jax.Array, *,
     ValueError: if ``num_byzantine`` is not an integer with
       ``C >= 2 f + 3`` (C = ``mask.shape[0]``, the stack's rows).
   """
-  check_num_byzantine(num_byzantine, _stack_size(mask))
+  _check_on_stack(num_byzantine, mask)
   return _krum_scores(updates, mask, num_byzantine=int(num_byzantine))
 
 
@@ -172,7 +174,7 @@ def krum(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
     ValueError: if ``num_selected < 1`` or ``num_byzantine`` is not an integer
       with ``C >= 2 f + 3`` (C = ``mask.shape[0]``, the stack's rows).
   """
-  check_num_byzantine(num_byzantine, _stack_size(mask))
+  _check_on_stack(num_byzantine, mask)
   checks.number("num_selected", num_selected, lambda v: v >= 1, ">= 1",
                 integer=True)
   return _krum(updates, weights, mask, num_byzantine=int(num_byzantine),
