@@ -43,6 +43,10 @@ around, all verified by ``tests/test_checkpoint.py``:
   or a ``KeyError``. :meth:`Checkpointer.restore_newest` falls back to the
   newest step that restores and renames the newer ones to
   ``<step>.corrupt`` (kept for inspection; orbax neither lists nor cleans it).
+  The failed restore's still-pending tensorstore reads later call back into
+  its closed event loop, each printing a ``RuntimeError: Event loop is
+  closed`` traceback through ``sys.unraisablehook``; those (only those) are
+  dropped until :meth:`Checkpointer.close`.
 * Restore casts stored values to the target's dtype without complaint (e.g.
   ``jax.eval_shape`` turns an int64 numpy leaf into an int32 target under the
   default x32 mode); shape or tree-structure mismatches raise ``ValueError``.
@@ -53,6 +57,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -204,6 +209,7 @@ class Checkpointer:
     self._directory = os.path.abspath(os.fspath(directory))
     self._save_interval_steps = int(save_interval_steps)
     self._closed = False
+    self._hook = None   # our unraisablehook filter, while installed
     options = ocp.CheckpointManagerOptions(
         # `max_to_keep=` is deprecated in orbax 0.12 in favour of this. LatestN
         # keeps the last n in *save* order, which is step order here because
@@ -365,6 +371,7 @@ class Checkpointer:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # orbax/tensorstore raise ValueError, KeyError, OSError...
         failed.append((step, _one_line(e)))
+        self._drop_closed_loop_noise()
         continue
       notes = [f"step {s} does not restore ({why}); moved to {self.set_aside(s)}"
                for s, why in failed]
@@ -373,6 +380,18 @@ class Checkpointer:
         f"{self._directory}: no checkpoint restores (steps {steps}; newest: {failed[0][1]}); "
         "if their files are damaged move them away, else the run's state changed: "
         "use a new --workdir")
+
+  def _drop_closed_loop_noise(self) -> None:
+    if self._hook is not None:
+      return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      e = unraisable.exc_value
+      if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        previous(unraisable)
+    self._hook = (hook, previous)
+    sys.unraisablehook = hook
 
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed; re-raises its error."""
@@ -386,6 +405,8 @@ class Checkpointer:
     self._closed = True
     self._manager.close()
     self._empty_trash()
+    if self._hook is not None and sys.unraisablehook is self._hook[0]:
+      sys.unraisablehook = self._hook[1]   # unless someone replaced it since
 
   def __enter__(self) -> Checkpointer:
     return self

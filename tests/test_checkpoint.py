@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 import time
 from typing import Any
 
@@ -414,3 +415,21 @@ def test_set_aside_twice_keeps_both(tmp_path):
   with Checkpointer(directory, async_save=False) as ckpt:
     assert ckpt.set_aside(3) == str(directory / "3.corrupt-1")
     assert ckpt.all_steps() == [1, 2]
+
+
+@_ORBAX_UNAWAITED
+def test_closed_loop_noise_of_a_failed_restore_is_dropped_until_close(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  directory = tmp_path / "run"
+  state = _three_steps(directory)
+  _CORRUPTIONS["truncated data file"](directory / "3")
+  ckpt = Checkpointer(directory, async_save=False)
+  ckpt.restore_newest(abstract_like(state))
+  closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  sys.unraisablehook(closed)
+  sys.unraisablehook(other)
+  assert [u for u in seen if u in (closed, other)] == [other]
+  ckpt.close()
+  assert sys.unraisablehook == seen.append   # the previous hook is back
