@@ -366,13 +366,16 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
     failed = []
+    # Installed before the first attempt: the noise may come while it fails.
+    self._drop_closed_loop_noise()
     for step in reversed(steps):
       try:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # orbax/tensorstore raise ValueError, KeyError, OSError...
         failed.append((step, _one_line(e)))
-        self._drop_closed_loop_noise()
         continue
+      if not failed:
+        self._restore_unraisablehook()   # nothing failed: nothing to drop
       notes = [f"step {s} does not restore ({why}); moved to {self.set_aside(s)}"
                for s, why in failed]
       return state, meta, step, notes
@@ -405,8 +408,12 @@ class Checkpointer:
     self._closed = True
     self._manager.close()
     self._empty_trash()
+    self._restore_unraisablehook()
+
+  def _restore_unraisablehook(self) -> None:
     if self._hook is not None and sys.unraisablehook is self._hook[0]:
       sys.unraisablehook = self._hook[1]   # unless someone replaced it since
+    self._hook = None
 
   def __enter__(self) -> Checkpointer:
     return self

@@ -433,3 +433,6 @@ def test_closed_loop_noise_of_a_failed_restore_is_dropped_until_close(tmp_path, 
   assert [u for u in seen if u in (closed, other)] == [other]
   ckpt.close()
   assert sys.unraisablehook == seen.append   # the previous hook is back
+  with Checkpointer(directory, async_save=False) as healthy:
+    healthy.restore_newest(abstract_like(state))   # nothing fails: hook untouched
+    assert sys.unraisablehook == seen.append

@@ -154,7 +154,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   history: list[dict[str, Any]] = []
   start_round = 0
   if resuming:
-    run_state, meta, step, notes = ckpt.restore_newest(checkpoint_lib.abstract_like(run_state))
+    try:
+      run_state, meta, step, notes = ckpt.restore_newest(
+          checkpoint_lib.abstract_like(run_state))
+    except checkpoint_lib.CheckpointError:
+      ckpt.close()
+      raise
     for note in notes:
       logging.warning("checkpoint %s; resuming from step %d", note, step)
     history = list(meta["history"])
