@@ -73,6 +73,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # --- Config: all checks before any compute. -------------------------------
   configuration.validate(config)
+  try:   # an optional field (configuration.validate may not know it yet)
+    divergence.check_factor(config.get("divergence_factor", divergence.DEFAULT_FACTOR))
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from None
   if config.num_devices > jax.device_count():
     raise configuration.ConfigError(
         f"config.num_devices: must be <= {jax.device_count()} (devices present), "
@@ -102,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise configuration.ConfigError(
           f"config.data: must give some client a row that can train, got none of the "
           f"{train.num_examples} training rows passing the task's example mask (e.g. no "
-          "captions: check data.caption_rate and data.missing_fraction)")
+          "captions: check data.partition.caption_rate and missing_fraction)")
     weights = builders.aggregation_weights(config, train, task)
   except configuration.ConfigError:
     ckpt.close()
