@@ -25,7 +25,7 @@ from fedjax_mm.data import federated
 from fedjax_mm.simulation import builders, divergence
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import round as round_lib
-from fedjax_mm.simulation import run_config
+from fedjax_mm.simulation import resume, run_config
 
 
 # Kept here too: callers catch ``driver.NonFiniteError`` and call ``check_round``.
@@ -39,7 +39,7 @@ class NoTrainableRowsError(RuntimeError):
 
 # What a finished-but-failed run raises (each message one line): the CLI
 # prints these, as it prints a ConfigError.
-RUN_ERRORS = (NonFiniteError, NoTrainableRowsError, checkpoint_lib.CheckpointError)
+RUN_ERRORS = (NonFiniteError, NoTrainableRowsError, resume.CheckpointError)
 
 
 def _no_trainable_rows(record: dict[str, Any]) -> int:
@@ -159,9 +159,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_round = 0
   if resuming:
     try:
-      run_state, meta, step, notes = ckpt.restore_newest(
-          checkpoint_lib.abstract_like(run_state))
-    except checkpoint_lib.CheckpointError:
+      run_state, meta, step, notes = resume.restore_newest(
+          ckpt, checkpoint_lib.abstract_like(run_state))
+    except resume.CheckpointError:
       ckpt.close()
       raise
     for note in notes:
