@@ -53,7 +53,7 @@ def check_factor(value: Any) -> None:
   """Validates ``config.divergence_factor`` (for ``configuration.validate``).
 
   Raises:
-    ValueError: ``"config.divergence_factor: must be a number > 1, got <v>"``
+    ValueError: ``"config.divergence_factor: must be a number > 1, finite, got <v>"``
       (1 or less would stop a run whose loss merely does not fall; inf never).
   """
   checks.number("config.divergence_factor", value, lambda v: 1 < v < math.inf, "> 1, finite")
@@ -167,8 +167,9 @@ def check_round(record: Mapping[str, Any], config: ml_collections.ConfigDict,
     params_finite: whether the global parameters after the round are finite.
 
   Raises:
-    NonFiniteError: ``"round <r>: training diverged: <what>; likely cause:
-      <cause>: <what to change>"``, one line.
+    NonFiniteError: ``"round <r>: <what diverged>; likely cause: <cause>:
+      <what to change>"``, one line.
+    ValueError: an invalid ``config.divergence_factor`` (:func:`check_factor`).
   """
   factor = config.get("divergence_factor", DEFAULT_FACTOR)
   check_factor(factor)

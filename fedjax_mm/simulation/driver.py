@@ -2,8 +2,11 @@
 
 Reads top to bottom: validate the config; build data, model, optimizers and
 the jitted round; restore the latest checkpoint if the workdir has one; run
-rounds with a progress bar, evaluating and checkpointing as configured; write
-``metrics.jsonl``, ``summary.json`` and the final checkpoint.
+rounds with a progress bar, evaluating and checkpointing as configured (each
+round checked for divergence, ``divergence.py``, and counted when it had no
+row that can train); write ``metrics.jsonl``, ``summary.json`` and the final
+checkpoint. A damaged latest checkpoint falls back to the newest good one
+(``resume.py``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The summary also written to ``workdir/summary.json``; with
     ``return_trainable``, ``(summary, trainable)``.
+
+  Raises:
+    configuration.ConfigError: a bad config, custom weights file or resume,
+      or no row that can train anywhere (before any round).
+    NonFiniteError: the run diverged (``divergence.check_round``).
+    NoTrainableRowsError: every round ran without a trainable row (after
+      ``summary.json`` is written).
+    resume.CheckpointError: no checkpoint of the workdir restores.
   """
   # --- Config: all checks before any compute. -------------------------------
   configuration.validate(config)
