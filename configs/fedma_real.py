@@ -91,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.eval_every = 4
   config.eval_batch_size = 64
+  # Stop when the training loss exceeds this multiple of the run's first one.
+  config.divergence_factor = 100.0
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every = 4
   config.checkpoint.max_to_keep = 2

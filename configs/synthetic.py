@@ -66,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 10
   config.eval_batch_size = 4096
 
+  # Stop when the training loss exceeds this multiple of the run's first one.
+  config.divergence_factor = 100.0
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every = 20
   config.checkpoint.max_to_keep = 3

@@ -25,11 +25,9 @@ around, all verified by ``tests/test_checkpoint.py``:
   inside a thread. We therefore snapshot the metadata synchronously.
 * Typed PRNG keys (``jax.random.key``) round-trip natively (stored as key data
   plus the impl name), so no conversion is needed here.
-* A restore target without a sharding (``jax.eval_shape`` of an unsharded
-  function gives ``sharding=None``) makes orbax reuse the sharding recorded at
-  save time, which may name devices that no longer exist; a ``NamedSharding``
-  on an ``AbstractMesh`` (``jax.eval_shape`` under explicit sharding) is
-  rejected outright. :func:`abstract_like` resolves both to concrete shardings.
+* A restore target without a sharding, or with one on an ``AbstractMesh``,
+  fails or lands on stale devices: :func:`abstract_like`
+  (``restore_target.py``) resolves both to concrete shardings.
 * Pruning old steps (``max_to_keep``) is an in-place ``rmtree`` by default: a
   kill during it leaves a half-deleted *older* step that orbax still lists
   (``all_steps``) and fails to restore. We make orbax rename pruned steps into
@@ -38,11 +36,13 @@ around, all verified by ``tests/test_checkpoint.py``:
   ``save_interval_steps``: the first step saved into an empty directory is
   written whatever its number. The interval is therefore decided here and
   orbax is always called with ``force=True``.
-* Damaged files of a committed step (a truncated data file, a deleted OCDBT
-  manifest or ``state/``) fail its restore with a tensorstore ``ValueError``
-  or a ``KeyError``. :meth:`Checkpointer.restore_newest` falls back to the
-  newest step that restores and renames the newer ones to
-  ``<step>.corrupt`` (kept for inspection; orbax neither lists nor cleans it).
+* Damaged files of a step (truncated data, a deleted OCDBT manifest or
+  ``state/``) fail its restore (``ValueError``, ``KeyError``); the failed
+  restore's pending tensorstore reads then call into its closed event loop,
+  each printing ``RuntimeError: Event loop is closed`` through
+  ``sys.unraisablehook``: those (only those) are dropped until ``close``.
+  ``<step>.corrupt`` (:meth:`Checkpointer.set_aside`) is neither listed nor
+  cleaned by orbax.
 * Restore casts stored values to the target's dtype without complaint (e.g.
   ``jax.eval_shape`` turns an int64 numpy leaf into an int32 target under the
   default x32 mode); shape or tree-structure mismatches raise ``ValueError``.
@@ -53,12 +53,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from fedjax_mm.restore_target import abstract_like  # re-exported: part of this API
 
 PyTree = Any
 
@@ -68,75 +71,6 @@ _META_ITEM = "meta"
 # Sub-directory orbax moves pruned steps into (an atomic rename) and that this
 # module empties; its name does not parse as a step, so orbax never lists it.
 _TRASH_SUBDIR = "_pruned"
-
-
-def _default_device() -> jax.Device:
-  """Returns the device that un-sharded jnp arrays would be placed on."""
-  dev = jax.config.jax_default_device
-  if isinstance(dev, jax.Device):
-    return dev
-  if isinstance(dev, str):  # A platform name such as "cpu".
-    return jax.devices(dev)[0]
-  return jax.devices()[0]
-
-
-def _concrete_mesh(abstract_mesh: jax.sharding.AbstractMesh) -> jax.sharding.Mesh:
-  """Finds or builds a concrete mesh matching ``abstract_mesh``."""
-  # Prefer the mesh the caller set with `jax.set_mesh`: that is the one the
-  # abstract tree was traced under, with the caller's device order.
-  context_mesh = jax.sharding.get_mesh()
-  if not context_mesh.empty and context_mesh.abstract_mesh == abstract_mesh:
-    return context_mesh
-  return jax.make_mesh(
-      abstract_mesh.axis_sizes,
-      abstract_mesh.axis_names,
-      axis_types=abstract_mesh.axis_types,
-  )
-
-
-def _concrete_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding:
-  """Turns a missing or abstract sharding into one orbax can restore onto."""
-  if sharding is None:
-    return jax.sharding.SingleDeviceSharding(_default_device())
-  if isinstance(sharding, jax.sharding.NamedSharding) and isinstance(
-      sharding.mesh, jax.sharding.AbstractMesh
-  ):
-    return jax.sharding.NamedSharding(
-        _concrete_mesh(sharding.mesh), sharding.spec, memory_kind=sharding.memory_kind
-    )
-  return sharding
-
-
-def _abstract_leaf(leaf: Any) -> Any:
-  if isinstance(leaf, jax.Array):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  if isinstance(leaf, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(
-        leaf.shape, leaf.dtype, sharding=_concrete_sharding(leaf.sharding)
-    )
-  # numpy arrays and Python scalars are kept: orbax restores a leaf with the
-  # type of its target, so a host-side numpy leaf must stay numpy.
-  return leaf
-
-
-def abstract_like(tree: PyTree) -> PyTree:
-  """Returns the restore target for ``tree``, without copying any data.
-
-  Args:
-    tree: A pytree of ``jax.Array`` (e.g. a freshly initialised state) and/or
-      ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``) leaves; other
-      leaves (numpy arrays, Python scalars) are allowed.
-
-  Returns:
-    The same structure (NamedTuple / dataclass node types included) where each
-    ``jax.Array`` becomes a ``jax.ShapeDtypeStruct`` carrying its shape, dtype
-    (typed PRNG key dtypes included) and sharding, and each
-    ``jax.ShapeDtypeStruct`` gets a concrete sharding: ``None`` becomes the
-    default device, a ``NamedSharding`` over an ``AbstractMesh`` is bound to
-    the current ``jax.set_mesh`` mesh (or a ``jax.make_mesh`` of the same
-    shape). numpy arrays and Python scalars are returned unchanged.
-  """
-  return jax.tree.map(_abstract_leaf, tree)
 
 
 def _json_default(obj: Any) -> Any:
@@ -157,16 +91,6 @@ def _snapshot_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
   if not isinstance(meta, Mapping):
     raise TypeError(f"meta must be a mapping, got {type(meta)!r}")
   return json.loads(json.dumps(meta, default=_json_default))
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint of a run directory restores."""
-
-
-def _one_line(error: BaseException, limit: int = 240) -> str:
-  text = " ".join(str(error).split()) or "no message"
-  text = text if len(text) <= limit else text[:limit] + "..."
-  return f"{type(error).__name__}: {text}"
 
 
 class Checkpointer:
@@ -204,6 +128,8 @@ class Checkpointer:
     self._directory = os.path.abspath(os.fspath(directory))
     self._save_interval_steps = int(save_interval_steps)
     self._closed = False
+    self._hook = None   # our unraisablehook filter, while installed
+    self._restore_failed = False
     options = ocp.CheckpointManagerOptions(
         # `max_to_keep=` is deprecated in orbax 0.12 in favour of this. LatestN
         # keeps the last n in *save* order, which is step order here because
@@ -313,15 +239,22 @@ class Checkpointer:
       step = self._manager.latest_step()
       if step is None:
         raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
-    restored = self._manager.restore(
-        int(step),
-        args=ocp.args.Composite(
-            **{
-                _STATE_ITEM: ocp.args.StandardRestore(abstract_like(abstract_state)),
-                _META_ITEM: ocp.args.JsonRestore(),
-            }
-        ),
-    )
+    self._drop_closed_loop_noise()   # before: the noise may come while it fails
+    try:
+      restored = self._manager.restore(
+          int(step),
+          args=ocp.args.Composite(
+              **{
+                  _STATE_ITEM: ocp.args.StandardRestore(abstract_like(abstract_state)),
+                  _META_ITEM: ocp.args.JsonRestore(),
+              }
+          ),
+      )
+    except Exception:
+      self._restore_failed = True   # its noise may come later: drop it until close()
+      raise
+    if not self._restore_failed:
+      self._restore_unraisablehook()   # nothing failed: nothing to drop
     return restored[_STATE_ITEM], dict(restored[_META_ITEM])
 
   def set_aside(self, step: int) -> str:
@@ -340,39 +273,17 @@ class Checkpointer:
     self._manager.reload()   # orbax caches the step list
     return dst
 
-  def restore_newest(self, abstract_state: PyTree
-                     ) -> tuple[PyTree, dict[str, Any], int, list[str]]:
-    """Restores the newest step that restores; sets newer, damaged ones aside.
+  def _drop_closed_loop_noise(self) -> None:
+    if self._hook is not None:
+      return
+    previous = sys.unraisablehook
 
-    A step only counts as damaged once an older one restored into the same
-    target: if none does, the target (not the files) may be what is wrong, so
-    nothing is moved.
-
-    Returns:
-      ``(state, meta, step, notes)``; one note per step set aside:
-      ``"step <s> does not restore (<error>); moved to <path>"``.
-
-    Raises:
-      FileNotFoundError: no checkpoint at all.
-      CheckpointError: no step restores (one line: the newest one's error).
-    """
-    steps = self.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
-    failed = []
-    for step in reversed(steps):
-      try:
-        state, meta = self.restore(step, abstract_state)
-      except Exception as e:  # orbax/tensorstore raise ValueError, KeyError, OSError...
-        failed.append((step, _one_line(e)))
-        continue
-      notes = [f"step {s} does not restore ({why}); moved to {self.set_aside(s)}"
-               for s, why in failed]
-      return state, meta, step, notes
-    raise CheckpointError(
-        f"{self._directory}: no checkpoint restores (steps {steps}; newest: {failed[0][1]}); "
-        "if their files are damaged move them away, else the run's state changed: "
-        "use a new --workdir")
+    def hook(unraisable):
+      e = unraisable.exc_value
+      if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        previous(unraisable)
+    self._hook = (hook, previous)
+    sys.unraisablehook = hook
 
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed; re-raises its error."""
@@ -386,6 +297,12 @@ class Checkpointer:
     self._closed = True
     self._manager.close()
     self._empty_trash()
+    self._restore_unraisablehook()
+
+  def _restore_unraisablehook(self) -> None:
+    if self._hook is not None and sys.unraisablehook is self._hook[0]:
+      sys.unraisablehook = self._hook[1]   # unless someone replaced it since
+    self._hook = None
 
   def __enter__(self) -> Checkpointer:
     return self

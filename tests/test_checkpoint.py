@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ import optax
 import pytest
 from flax import struct
 
-from fedjax_mm import checkpoint
+from fedjax_mm.simulation import resume
 from fedjax_mm.checkpoint import Checkpointer, abstract_like
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -366,7 +367,7 @@ def test_a_damaged_latest_step_falls_back_and_is_set_aside(tmp_path, corruption)
   _CORRUPTIONS[corruption](directory / "3")
   with Checkpointer(directory, max_to_keep=3, async_save=False) as ckpt:
     assert ckpt.latest_step() == 3   # orbax still lists it: only a restore can tell
-    restored, meta, step, notes = ckpt.restore_newest(abstract_like(state))
+    restored, meta, step, notes = resume.restore_newest(ckpt, abstract_like(state))
     assert (step, meta, int(restored["n"])) == (2, {"step": 2}, 2)
     np.testing.assert_array_equal(restored["w"], np.arange(6.0).reshape(2, 3) + 2)
     assert len(notes) == 1 and "\n" not in notes[0]
@@ -375,11 +376,11 @@ def test_a_damaged_latest_step_falls_back_and_is_set_aside(tmp_path, corruption)
     # Set aside, not deleted, and neither listed nor retried.
     assert (directory / "3.corrupt").is_dir() and not (directory / "3").exists()
     assert ckpt.all_steps() == [1, 2]
-    assert ckpt.restore_newest(abstract_like(state))[2:] == (2, [])
+    assert resume.restore_newest(ckpt, abstract_like(state))[2:] == (2, [])
     # The run goes on and writes step 3 afresh.
     assert ckpt.save(3, state, {"step": 3})
   with Checkpointer(directory, async_save=False) as ckpt:
-    assert ckpt.restore_newest(abstract_like(state))[2:] == (3, [])
+    assert resume.restore_newest(ckpt, abstract_like(state))[2:] == (3, [])
     assert (directory / "3.corrupt").is_dir()   # the orbax tmp cleanup leaves it
 
 
@@ -391,20 +392,20 @@ def test_no_step_restores_moves_nothing(tmp_path):
   # that is not damage, so nothing may be set aside.
   wrong = {"w": jnp.zeros((3, 3)), "n": jnp.int32(0)}
   with Checkpointer(directory, async_save=False) as ckpt:
-    with pytest.raises(checkpoint.CheckpointError,
+    with pytest.raises(resume.CheckpointError,
                        match=r"no checkpoint restores \(steps \[1, 2, 3\]; newest: "):
-      ckpt.restore_newest(abstract_like(wrong))
+      resume.restore_newest(ckpt, abstract_like(wrong))
     assert ckpt.all_steps() == [1, 2, 3]
     # One damaged step and no older one: refused as well, and kept.
     for step in (1, 2):
       shutil.rmtree(directory / str(step))
     ckpt._manager.reload()
     _CORRUPTIONS["deleted state/"](directory / "3")
-    with pytest.raises(checkpoint.CheckpointError) as e:
-      ckpt.restore_newest(abstract_like(state))
+    with pytest.raises(resume.CheckpointError) as e:
+      resume.restore_newest(ckpt, abstract_like(state))
     assert "\n" not in str(e.value) and (directory / "3").is_dir()
   with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError):
-    ckpt.restore_newest(abstract_like(state))
+    resume.restore_newest(ckpt, abstract_like(state))
 
 
 def test_set_aside_twice_keeps_both(tmp_path):
@@ -414,3 +415,24 @@ def test_set_aside_twice_keeps_both(tmp_path):
   with Checkpointer(directory, async_save=False) as ckpt:
     assert ckpt.set_aside(3) == str(directory / "3.corrupt-1")
     assert ckpt.all_steps() == [1, 2]
+
+
+@_ORBAX_UNAWAITED
+def test_closed_loop_noise_of_a_failed_restore_is_dropped_until_close(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  directory = tmp_path / "run"
+  state = _three_steps(directory)
+  _CORRUPTIONS["truncated data file"](directory / "3")
+  ckpt = Checkpointer(directory, async_save=False)
+  resume.restore_newest(ckpt, abstract_like(state))
+  closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  sys.unraisablehook(closed)
+  sys.unraisablehook(other)
+  assert [u for u in seen if u in (closed, other)] == [other]
+  ckpt.close()
+  assert sys.unraisablehook == seen.append   # the previous hook is back
+  with Checkpointer(directory, async_save=False) as healthy:
+    resume.restore_newest(healthy, abstract_like(state))   # nothing fails: hook untouched
+    assert sys.unraisablehook == seen.append

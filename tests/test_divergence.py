@@ -119,6 +119,17 @@ def _message(config, record, history):
   return str(e.value)
 
 
+@pytest.mark.parametrize("value", [1.0, 0.5, -3.0, math.inf, math.nan, True, "10"])
+def test_divergence_factor_is_validated(value):
+  with pytest.raises(ValueError, match=r"^config\.divergence_factor: must be a number > 1, "
+                                       r"finite, got "):
+    divergence.check_factor(value)
+  config = _config()
+  config.divergence_factor = value
+  with pytest.raises(ValueError, match="config.divergence_factor"):
+    divergence.check_round(_record(2, 2.0), config, [_record(1, 2.0)])
+
+
 def test_safe_norm_does_not_overflow_on_finite_values():
   import jax.numpy as jnp
   big = {"a": jnp.full((4,), 1e30, jnp.float32), "b": jnp.full((5,), -1e30, jnp.float32)}
@@ -126,3 +137,12 @@ def test_safe_norm_does_not_overflow_on_finite_values():
   assert float(divergence._safe_norm(big)) == pytest.approx(3e30, rel=1e-6)
   assert math.isinf(float(divergence._safe_norm({"a": jnp.array([1.0, jnp.inf])})))
   assert float(divergence._safe_norm({"a": jnp.zeros(3)})) == 0.0
+
+
+def test_the_driver_refuses_a_bad_divergence_factor_before_any_round(tmp_path):
+  config = _config(num_rounds=1)
+  config.divergence_factor = 0.5
+  with pytest.raises(driver.configuration.ConfigError,
+                     match=r"^config\.divergence_factor: must be a number > 1, finite, got 0\.5$"):
+    driver.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert not (tmp_path / "metrics.jsonl").exists()

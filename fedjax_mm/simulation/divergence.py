@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fedjax_mm import checks
 from fedjax_mm.types import PyTree, ServerState
 
 # The loss may rise to this multiple of its first value before the run stops:
@@ -46,6 +47,16 @@ DEFAULT_FACTOR = 100.0
 # most 1 / (1 - 0.9) = 10 times the aggregated update; a larger step is the
 # server's own amplification.
 SERVER_GAIN_LIMIT = 10.0
+
+
+def check_factor(value: Any) -> None:
+  """Validates ``config.divergence_factor`` (for ``configuration.validate``).
+
+  Raises:
+    ValueError: ``"config.divergence_factor: must be a number > 1, finite, got <v>"``
+      (1 or less would stop a run whose loss merely does not fall; inf never).
+  """
+  checks.number("config.divergence_factor", value, lambda v: 1 < v < math.inf, "> 1, finite")
 
 
 class NonFiniteError(RuntimeError):
@@ -156,10 +167,12 @@ def check_round(record: Mapping[str, Any], config: ml_collections.ConfigDict,
     params_finite: whether the global parameters after the round are finite.
 
   Raises:
-    NonFiniteError: ``"round <r>: training diverged: <what>; likely cause:
-      <cause>: <what to change>"``, one line.
+    NonFiniteError: ``"round <r>: <what diverged>; likely cause: <cause>:
+      <what to change>"``, one line.
+    ValueError: an invalid ``config.divergence_factor`` (:func:`check_factor`).
   """
-  factor = float(config.get("divergence_factor", DEFAULT_FACTOR))
+  factor = config.get("divergence_factor", DEFAULT_FACTOR)
+  check_factor(factor)
   reason = _trigger(record, history, params_finite, factor, config.clients_per_round)
   if reason is not None:
     raise NonFiniteError(f"round {record['round']}: {reason}; likely cause: "

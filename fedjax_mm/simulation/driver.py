@@ -2,8 +2,11 @@
 
 Reads top to bottom: validate the config; build data, model, optimizers and
 the jitted round; restore the latest checkpoint if the workdir has one; run
-rounds with a progress bar, evaluating and checkpointing as configured; write
-``metrics.jsonl``, ``summary.json`` and the final checkpoint.
+rounds with a progress bar, evaluating and checkpointing as configured (each
+round checked for divergence, ``divergence.py``, and counted when it had no
+row that can train); write ``metrics.jsonl``, ``summary.json`` and the final
+checkpoint. A damaged latest checkpoint falls back to the newest good one
+(``resume.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fedjax_mm.data import federated
 from fedjax_mm.simulation import builders, divergence
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import round as round_lib
-from fedjax_mm.simulation import run_config
+from fedjax_mm.simulation import resume, run_config
 from fedjax_mm.simulation import validation
 
 
@@ -40,7 +43,7 @@ class NoTrainableRowsError(RuntimeError):
 
 # What a finished-but-failed run raises (each message one line): the CLI
 # prints these, as it prints a ConfigError.
-RUN_ERRORS = (NonFiniteError, NoTrainableRowsError, checkpoint_lib.CheckpointError)
+RUN_ERRORS = (NonFiniteError, NoTrainableRowsError, resume.CheckpointError)
 
 
 def _no_trainable_rows(record: dict[str, Any]) -> int:
@@ -71,6 +74,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The summary also written to ``workdir/summary.json``; with
     ``return_trainable``, ``(summary, trainable)``.
+
+  Raises:
+    configuration.ConfigError: a bad config, custom weights file or resume,
+      or no row that can train anywhere (before any round).
+    NonFiniteError: the run diverged (``divergence.check_round``).
+    NoTrainableRowsError: every round ran without a trainable row (after
+      ``summary.json`` is written).
+    resume.CheckpointError: no checkpoint of the workdir restores.
   """
   # --- Config: all checks before any compute. -------------------------------
   validation.validate(config)
@@ -103,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise configuration.ConfigError(
           f"config.data: must give some client a row that can train, got none of the "
           f"{train.num_examples} training rows passing the task's example mask (e.g. no "
-          "captions: check data.caption_rate and data.missing_fraction)")
+          "captions: check data.partition.caption_rate and missing_fraction)")
     weights = builders.aggregation_weights(config, train, task)
   except configuration.ConfigError:
     ckpt.close()
@@ -156,7 +167,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   history: list[dict[str, Any]] = []
   start_round = 0
   if resuming:
-    run_state, meta, step, notes = ckpt.restore_newest(checkpoint_lib.abstract_like(run_state))
+    try:
+      run_state, meta, step, notes = resume.restore_newest(
+          ckpt, checkpoint_lib.abstract_like(run_state))
+    except resume.CheckpointError:
+      ckpt.close()
+      raise
     for note in notes:
       logging.warning("checkpoint %s; resuming from step %d", note, step)
     history = list(meta["history"])

@@ -14,12 +14,24 @@ from __future__ import annotations
 import ml_collections
 
 from fedjax_mm import configuration, setups
-from fedjax_mm.simulation import builders
+from fedjax_mm.simulation import builders, divergence, weights
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`~fedjax_mm.configuration.ConfigError` on the first invalid field."""
   configuration.validate_run(config)
+  try:   # optional run-level fields owned by the driver's guards
+    divergence.check_factor(config.get("divergence_factor", divergence.DEFAULT_FACTOR))
+    if config.aggregation.weighting == "custom":
+      weights.load_custom_weights(config.aggregation.custom_weights_path,
+                                  config.data.num_clients)
+  except configuration.ConfigError:
+    raise
+  except ValueError as e:
+    message = str(e)
+    raise configuration.ConfigError(
+        message if message.startswith("config.")
+        else f"config.aggregation.custom_weights_path: {message}") from None
   try:
     setups.validate(config)
   except configuration.ConfigError:
