@@ -20,8 +20,8 @@ budget check runs FedAvg and FedAvgM on IID clients at the same budget.
   python experiments/compare_algorithms.py                         # the presets: a GPU job
   python experiments/compare_algorithms.py --scenarios one_pass --methods fedavg,fedcmp
 
-``--scale small`` is the quick size (``fedjax_mm.experiment.comparison.SMALL``) with the full protocol
-(every method, tuning, 3 seeds, ablations); the default ``presets`` runs the
+``--scale small`` is the quick size (``fedjax_mm.experiment.comparison.SMALL``)
+with the full protocol (every method, tuning, 3 seeds, ablations); the default ``presets`` runs the
 scenarios as configured (150 rounds of 100 clients; ~40 h on a 2-core CPU).
 Every finished run is kept under ``--workdir`` (``result.json``): a killed
 experiment resumes where it stopped (and the driver resumes a killed run
