@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> dict:
   config.data.eval_clients = 10
   config.clients_per_round = args.cohort
   config.chunk_size = args.chunk
-  config.algorithm.name = args.algorithm
+  config.algorithm.kind = args.algorithm
   setup = setups.build(config, progress=False)
   parts = builders.round_parts(config)
   server_tx = builders.server_optimizer(config)

@@ -20,6 +20,9 @@ accuracy overall and per attribute, per-client mean and worst 10%) and
   python experiments/fedma_demo.py --workdir runs/methods --partitions dirichlet \
       --methods fedavg,fedavgm,fedadam,fedprox,scaffold
   python experiments/fedma_demo.py --override algorithm.kind=scaffold
+
+Methods, overrides, labels, references and the plot come from
+``fedjax_mm.experiment``.
 """
 
 from __future__ import annotations
@@ -30,92 +33,16 @@ import shutil
 import time
 from pathlib import Path
 
-import jax
-import matplotlib
-import optax
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fedjax_mm import centralized, config_files, configuration, evaluation, metrics  # noqa: E402
-from fedjax_mm.data import world  # noqa: E402
-from fedjax_mm.setups import fedma  # noqa: E402
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS  # noqa: E402
-from fedjax_mm.algorithms import ALGORITHMS  # noqa: E402
-from fedjax_mm.server import SERVER  # noqa: E402
-from fedjax_mm.simulation import driver, mesh, validation  # noqa: E402
+from fedjax_mm import config_files, metrics
+from fedjax_mm.data import world
+from fedjax_mm.experiment import labels, methods, overrides, plots, references
+from fedjax_mm.setups import fedma
+from fedjax_mm.simulation import driver, mesh, validation
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTRS = tuple(f"acc_{a}" for a in world.ATTRIBUTES)
-
-
-# Method -> config overrides on top of the demo config (then --override).
-METHODS = {
-    "fedavg": {},
-    "fedavgm": {"server.kind": "fedavgm", "server.learning_rate": 1.0,
-                "server.fedavgm.momentum": 0.9},
-    "fedadam": {"server.kind": "fedadam", "server.learning_rate": 0.01},
-    "fedprox": {"algorithm.kind": "fedprox", "algorithm.fedprox.mu": 0.01},
-    # SCAFFOLD (option II) and FedNova are defined for SGD steps: SGD
-    # clients, and their FedAvg twin with the same clients.
-    "fedavg_sgd": {"client.optimizer": "sgd", "client.learning_rate": 0.5},
-    "scaffold": {"algorithm.kind": "scaffold", "client.optimizer": "sgd",
-                 "client.learning_rate": 0.5},
-    "fednova": {"algorithm.kind": "fednova", "client.optimizer": "sgd",
-                "client.learning_rate": 0.5},
-}
-
-
-def parse_methods(parser: argparse.ArgumentParser, value: str) -> list[str]:
-  """``--methods a,b`` -> ``['a', 'b']``; an unknown name exits with the allowed ones."""
-  methods = value.split(",")
-  for method in methods:
-    if method not in METHODS:
-      parser.error(f"--methods: {method!r} is not one of {tuple(METHODS)}")
-  return methods
-
-
-def set_field(config, key: str, value) -> None:
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-
-
-def apply_overrides(config, items) -> None:
-  """``key=value`` strings onto ``config`` (values as JSON, else bare strings)."""
-  for item in items:
-    key, value = item.split("=", 1)
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:  # a bare string: algorithm.kind=scaffold
-      pass
-    set_field(config, key, value)
-
-
-def method_label(config) -> str:
-  """What ran, from the config and the registries' labels: e.g. "FedAvg", "FedAdam",
-  "SCAFFOLD (SGD clients)", "FedProx (mu=0.01), Krum"."""
-  algorithm = config.algorithm.kind
-  name = ALGORITHMS[algorithm].label
-  if config.server.kind != "fedavg":
-    server = SERVER[config.server.kind].label
-    name = server if algorithm == "fedavg" else f"{name} + {server} server"
-  changed = {k: v for k, v in config.algorithm[algorithm].items()
-             if v != ALGORITHMS[algorithm].options()[k]}
-  if algorithm == "fedprox" or changed:
-    options = config.algorithm[algorithm]
-    name += " (" + ", ".join(f"{k}={v:g}" for k, v in options.items()) + ")"
-  if config.client.optimizer != "adam":
-    optimizer = config.client.optimizer
-    name += f" ({optimizer.upper() if optimizer == 'sgd' else optimizer} clients)"
-  if config.aggregation.kind != "mean":
-    name += f", {AGGREGATORS[config.aggregation.kind].label}"
-  for step in configuration.chain_names(config.preprocess.chain):
-    options = ", ".join(f"{v:g}" for v in config.preprocess[step].values())
-    name += f", {PREPROCESSORS[step].label} {options}"
-  return name
+# Kept importable under their old names (tests/test_driver.py reads the label).
+method_label = labels.method_label
 
 
 def row(name: str, summary: dict) -> dict:
@@ -133,18 +60,13 @@ def main() -> None:
   parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration")
   parser.add_argument("--partitions", default="dirichlet,iid",
                       help="comma-separated presets of configs/fedma.py")
-  parser.add_argument("--methods", default="fedavg",
-                      help=f"comma-separated, of {tuple(METHODS)}")
+  parser.add_argument("--methods", default="fedavg", type=methods.methods_arg,
+                      help=f"comma-separated, of {tuple(methods.METHODS)}")
   parser.add_argument("--central-batch", type=int, default=64)
   parser.add_argument("--override", action="append", default=[],
-                      help="config overrides key=value (python literal), repeatable")
+                      help="config override key=value, parsed by the field's type as "
+                           "fedjax_mm.main's --config.key=value; repeatable")
   args = parser.parse_args()
-  mesh.use_cpu_cores()   # one CPU device per core (before any JAX computation)
-  workdir = Path(args.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  started = time.perf_counter()
-
-  methods = parse_methods(parser, args.methods)
 
   def config_for(preset: str, method: str = "fedavg"):
     config = config_files.load(ROOT / "configs/fedma_demo.py", preset)
@@ -152,12 +74,19 @@ def main() -> None:
       config.num_rounds = args.rounds
     if preset == "dirichlet":
       config.data.partition.alpha = args.alpha
-    for key, value in METHODS[method].items():
-      set_field(config, key, value)
-    apply_overrides(config, args.override)
+    config = overrides.apply_values(config, methods.METHODS[method].overrides)
+    config = overrides.apply(config, args.override)
     validation.validate(config)
     return config
 
+  mesh.use_cpu_cores()   # one CPU device per core (before any JAX computation)
+  try:   # a bad --override is a one-line usage error, before any compute
+    config_for(args.partitions.split(",")[0])
+  except ValueError as e:
+    parser.error(str(e))
+  workdir = Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  started = time.perf_counter()
   presets = args.partitions.split(",")
   runs, curves, timings = [], {}, {}
   floor = ceiling = None
@@ -174,50 +103,37 @@ def main() -> None:
     examples = examples or fedma.client_examples(config, *pretrained[:2])
     setup = fedma.build(config, pretrained=pretrained, examples=examples)
     timings[f"data_{preset}"] = time.perf_counter() - tick
-    eval_fn = jax.jit(evaluation.build_eval_fn(setup.task, setup.test, config.eval_batch_size))
-    test = jax.device_put(setup.test)
-
-    def evaluate(trainable):
-      return evaluation.summarize(jax.device_get(eval_fn(trainable, test)))
+    evaluate = references.evaluator(setup.task, setup.test, config.eval_batch_size)
 
     if floor is None:
-      init = setup.task.init_trainable(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
-      floor = row("floor (untrained projector)", evaluate(init))
-      budget = (config.num_rounds * config.clients_per_round * config.local.num_steps
-                * config.local.batch_size)
-      steps = budget // args.central_batch
+      floor = row("floor (untrained projector)",
+                  references.floor(setup.task, config.seed, evaluate).summary)
+      steps = references.budget_steps(config, args.central_batch)
       print(f"== ceiling: centralized, {steps} steps x batch {args.central_batch} "
-            f"= {budget} examples (the federated budget)")
+            f"= {references.example_budget(config)} examples (the federated budget)")
       tick = time.perf_counter()
-      trained = centralized.train(
-          setup.task, setup.train, num_steps=steps, batch_size=args.central_batch,
-          optimizer=optax.adam(config.client.learning_rate), seed=config.seed,
-          trainable=init, progress=True)
+      central = references.centralized(config, setup.task, setup.train, evaluate,
+                                       batch_size=args.central_batch, progress=True)
       timings["centralized"] = time.perf_counter() - tick
-      ceiling = row("centralized (same example budget)", evaluate(trained))
+      ceiling = row("centralized (same example budget)", central.summary)
 
-    data_label = "IID" if preset == "iid" else (
-        f"Dirichlet({config.data.partition.alpha:g})" if preset == "dirichlet" else preset)
-    for method in methods:
+    for method in args.methods:
       config = config_for(preset, method)
-      label = f"{method_label(config)}, {data_label}"
+      label = f"{labels.method_label(config)}, {labels.data_label(config, preset)}"
       print(f"== {label}: {config.data.num_clients} clients, "
             f"{config.clients_per_round} per round, {config.num_rounds} rounds")
       tick = time.perf_counter()
       # The demo always trains from scratch: a previous demo's checkpoints in
       # the same run directory would otherwise be resumed (the driver's
       # default for an interrupted long run).
-      rundir = workdir / (preset if len(methods) == 1 else f"{preset}_{method}")
+      rundir = workdir / (preset if len(args.methods) == 1 else f"{preset}_{method}")
       shutil.rmtree(rundir, ignore_errors=True)
       summary = driver.train_and_evaluate(config, str(rundir), setup=setup)
       timings[f"federated_{rundir.name}"] = time.perf_counter() - tick
       final = {k.replace("eval_", ""): v for k, v in summary["final"].items()
                if k.startswith("eval_")}
       runs.append(row(label, final))
-      history = metrics.read(rundir)
-      # Round 0 is the untrained projector every run starts from.
-      curves[label] = [(0, floor["align_acc"])] + [
-          (h["round"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
+      curves[label] = plots.curve(floor["align_acc"], metrics.read(rundir))
 
   rows = [floor] + runs + [ceiling]
   table = metrics.format_table(rows, list(rows[0]))
@@ -229,18 +145,11 @@ def main() -> None:
       + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "\n")
   (workdir / "results.json").write_text(json.dumps({"rows": rows, "timings": timings},
                                                    indent=2))
-  fig, ax = plt.subplots(figsize=(6.5, 4))
-  for label, points in curves.items():
-    ax.plot(*zip(*points), marker="o", ms=3, label=label)
-  ax.axhline(floor["align_acc"], color="gray", ls=":", label="floor (untrained)")
-  ax.axhline(ceiling["align_acc"], color="black", ls="--", label="centralized ceiling")
-  top = min(1.0, 1.25 * max(ceiling["align_acc"], *(a for c in curves.values() for _, a in c)))
-  ax.set(xlabel="round", ylabel="zero-shot alignment accuracy", ylim=(0, top + 0.02),
-         title="Fed-MA: projector alignment, 1,000 clients")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(workdir / "accuracy.png", dpi=120)
+  plots.accuracy_plot(
+      workdir / "accuracy.png", curves,
+      [plots.Line(floor["align_acc"], "floor (untrained)"),
+       plots.Line(ceiling["align_acc"], "centralized ceiling", "black", "--")],
+      ylabel="zero-shot alignment accuracy", title="Fed-MA: projector alignment, 1,000 clients")
   print("\n" + table)
   print("\nwall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
   print(f"results: {workdir / 'results.md'}\nplot:    {workdir / 'accuracy.png'}")

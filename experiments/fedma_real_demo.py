@@ -24,37 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-import jax
-import matplotlib
 import numpy as np
-import optax
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from fedjax_mm import config_files, metrics
+from fedjax_mm.data import federated
+from fedjax_mm.experiment import labels, methods, overrides, plots, references
+from fedjax_mm.setups import fedma_real
+from fedjax_mm.simulation import driver, validation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-from fedma_demo import (METHODS, apply_overrides, method_label, parse_methods,  # noqa: E402
-                        set_field)
-
-from fedjax_mm import centralized, config_files, evaluation, metrics  # noqa: E402
-from fedjax_mm.simulation import validation  # noqa: E402
-from fedjax_mm.data import federated  # noqa: E402
-from fedjax_mm.setups import fedma_real  # noqa: E402
-from fedjax_mm.simulation import driver  # noqa: E402
-
-
-def _eval(task, data: federated.FederatedData, batch_size: int):
-  fn = jax.jit(evaluation.build_eval_fn(task, data, batch_size))
-  # The frozen LM goes in as an argument: closed over, its 540 MB of weights
-  # would become compile-time constants (minutes of constant folding).
-  data, frozen = jax.device_put(data), jax.device_put(task.frozen)
-  return lambda trainable: evaluation.summarize(jax.device_get(fn(trainable, data, frozen)))
 
 
 def main() -> None:
@@ -62,32 +43,34 @@ def main() -> None:
   parser.add_argument("--workdir", default="runs/real_demo")
   parser.add_argument("--preset", default="cpu", help="configs/fedma_real.py preset")
   parser.add_argument("--rounds", type=int, default=None, help="default: the config's")
-  parser.add_argument("--methods", default="fedavg",
-                      help=f"comma-separated, of {tuple(METHODS)}")
+  parser.add_argument("--methods", default="fedavg", type=methods.methods_arg,
+                      help=f"comma-separated, of {tuple(methods.METHODS)}")
   parser.add_argument("--central-batch", type=int, default=16)
   parser.add_argument("--captions", type=int, default=4,
                       help="greedy captions shown per source")
   parser.add_argument("--bf16-check", action="store_true",
                       help="also score the first method's projector with bf16 frozen towers")
   parser.add_argument("--override", action="append", default=[],
-                      help="config overrides key=value (JSON value), repeatable")
+                      help="config override key=value, parsed by the field's type as "
+                           "fedjax_mm.main's --config.key=value; repeatable")
   args = parser.parse_args()
   workdir = Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  methods = parse_methods(parser, args.methods)
 
   def config_for(method: str = "fedavg"):
     config = config_files.load(ROOT / "configs/fedma_real.py", args.preset)
     if args.rounds:
       config.num_rounds = args.rounds
-    for key, value in METHODS[method].items():
-      set_field(config, key, value)
-    apply_overrides(config, args.override)
+    config = overrides.apply_values(config, methods.METHODS[method].overrides)
+    config = overrides.apply(config, args.override)
     validation.validate(config)
     return config
 
-  config = config_for()
+  try:   # a bad --override is a one-line usage error, before any compute
+    config = config_for()
+  except ValueError as e:
+    parser.error(str(e))
   timings = {}
   print("== frozen towers: EfficientNet-Lite0 (ImageNet) and SmolLM2-135M-Instruct (GGUF)")
   tick = time.perf_counter()
@@ -100,46 +83,49 @@ def main() -> None:
   timings["data"] = time.perf_counter() - tick
   print(f"   {json.dumps({k: setup.info[k] for k in ('train_rows', 'test_rows')})}")
   task = setup.task
-  evaluate = _eval(task, setup.test, config.eval_batch_size)
+  evaluate = references.evaluator(task, setup.test, config.eval_batch_size)
   evaluate_stamps = None
   if stamps is not None:
     rows = {k: stamps[k] for k in ("vis", "tokens", "has_caption")}
-    evaluate_stamps = _eval(task, federated.pack(rows, np.zeros(len(rows["vis"]), np.int32), 1),
-                            config.eval_batch_size)
+    evaluate_stamps = references.evaluator(
+        task, federated.pack(rows, np.zeros(len(rows["vis"]), np.int32), 1),
+        config.eval_batch_size)
 
-  def row(name: str, trainable, final: dict | None = None) -> dict:
-    """A table row; ``final``: a run's last-round evaluation (same test rows), reused."""
+  def scored(trainable, final: dict | None = None) -> dict:
+    """The evaluation summary (``final``: a run's last-round one, same test rows, reused)
+    with the held-out stamps' caption loss."""
     tick = time.perf_counter()
     s = ({k.removeprefix("eval_"): v for k, v in final.items() if k.startswith("eval_")}
          if final else evaluate(trainable))
+    if evaluate_stamps is not None:
+      s = {**s, "stamps_loss": evaluate_stamps(trainable)["loss"]}
+    timings[f"eval_{len(timings)}"] = time.perf_counter() - tick
+    return s
+
+  def row(name: str, s: dict) -> dict:
     out = {"method": name, "zero_shot_acc": s["accuracy"], "caption_loss": s["loss"],
            "client_worst10%": s["client_accuracy_worst10"]}
-    if evaluate_stamps is not None:
-      out["stamps_loss"] = evaluate_stamps(trainable)["loss"]
-    timings[f"eval_{len(timings)}"] = time.perf_counter() - tick
-    return out
+    return {**out, **({"stamps_loss": s["stamps_loss"]} if "stamps_loss" in s else {})}
 
-  init = task.init_trainable(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
   print("== floor: the untrained projector")
-  floor = row("floor (untrained projector)", init)
+  floor_ref = references.floor(task, config.seed, scored)
+  init, floor = floor_ref.trainable, row("floor (untrained projector)", floor_ref.summary)
   print(f"   {floor}")
-  budget = (config.num_rounds * config.clients_per_round * config.local.num_steps
-            * config.local.batch_size)
-  steps = max(budget // args.central_batch, 1)
-  print(f"== centralized: {steps} steps x batch {args.central_batch} = {budget} examples "
-        "(the federated budget)")
+  steps = references.budget_steps(config, args.central_batch)
+  print(f"== centralized: {steps} steps x batch {args.central_batch} = "
+        f"{references.example_budget(config)} examples (the federated budget)")
   tick = time.perf_counter()
-  central = centralized.train(task, setup.train, num_steps=steps, batch_size=args.central_batch,
-                              optimizer=optax.adam(config.client.learning_rate),
-                              seed=config.seed, trainable=init, progress=True)
+  central_ref = references.centralized(config, task, setup.train, scored,
+                                       batch_size=args.central_batch, progress=True)
   timings["centralized"] = time.perf_counter() - tick
-  ceiling = row("centralized (same example budget)", central)
+  central = central_ref.trainable
+  ceiling = row("centralized (same example budget)", central_ref.summary)
   print(f"   {ceiling}")
 
   runs, curves, projectors = [], {}, {}
-  for method in methods:
+  for method in args.methods:
     config = config_for(method)
-    label = f"{method_label(config)}, Dirichlet({config.data.partition.alpha:g})"
+    label = f"{labels.method_label(config)}, {labels.data_label(config, 'dirichlet')}"
     print(f"== {label}: {config.data.num_clients} clients, {config.clients_per_round} per "
           f"round, {config.num_rounds} rounds")
     tick = time.perf_counter()
@@ -148,19 +134,19 @@ def main() -> None:
     summary, trained = driver.train_and_evaluate(config, str(rundir), setup=setup,
                                                  return_trainable=True)
     timings[f"federated_{method}"] = time.perf_counter() - tick
-    runs.append(row(label, trained, summary["final"]))
+    runs.append(row(label, scored(trained, summary["final"])))
     projectors[label] = trained
-    curves[label] = [(0, floor["zero_shot_acc"])] + [
-        (h["round"], h["eval_accuracy"]) for h in metrics.read(rundir) if "eval_accuracy" in h]
+    curves[label] = plots.curve(floor["zero_shot_acc"], metrics.read(rundir))
 
   if args.bf16_check and config.model.lm_dtype != "bfloat16":
     # The accuracy effect of bf16 towers: the same trained projector, scored
     # with the frozen LM stored and run in bfloat16.
     print("== the first method's projector under bf16 frozen towers")
-    config16 = config_for(methods[0])
+    config16 = config_for(args.methods[0])
     config16.model.lm_dtype = "bfloat16"
     task16 = fedma_real.make_task(config16, fedma_real.with_lm_dtype(towers, "bfloat16"))
-    s16 = _eval(task16, setup.test, config.eval_batch_size)(projectors[runs[0]["method"]])
+    s16 = references.evaluator(task16, setup.test, config.eval_batch_size)(
+        projectors[runs[0]["method"]])
     runs.append({"method": runs[0]["method"] + " (bf16 towers, eval)",
                  "zero_shot_acc": s16["accuracy"], "caption_loss": s16["loss"],
                  "client_worst10%": s16["client_accuracy_worst10"],
@@ -199,17 +185,12 @@ def main() -> None:
   (workdir / "results.json").write_text(json.dumps(
       {"rows": rows, "captions": samples, "timings": timings, "setup": setup.info,
        "config": json.loads(config.to_json_best_effort())}, indent=2, default=str))
-  fig, ax = plt.subplots(figsize=(6.5, 4))
-  for label, points in curves.items():
-    ax.plot(*zip(*points), marker="o", ms=3, label=label)
-  ax.axhline(0.1, color="gray", ls=":", label="chance (0.10)")
-  ax.axhline(ceiling["zero_shot_acc"], color="black", ls="--", label="centralized")
-  ax.set(xlabel="round", ylabel="zero-shot accuracy (held-out Fashion-MNIST)", ylim=(0, 1),
-         title="Fed-MA, real towers: EfficientNet-Lite0 -> SmolLM2-135M")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(workdir / "accuracy.png", dpi=120)
+  plots.accuracy_plot(
+      workdir / "accuracy.png", curves,
+      [plots.Line(0.1, "chance (0.10)"),
+       plots.Line(ceiling["zero_shot_acc"], "centralized", "black", "--")],
+      ylabel="zero-shot accuracy (held-out Fashion-MNIST)", ylim=(0, 1),
+      title="Fed-MA, real towers: EfficientNet-Lite0 -> SmolLM2-135M")
   print("\n" + text)
   print(f"results: {workdir / 'results.md'}\nplot:    {workdir / 'accuracy.png'}")
 

@@ -51,7 +51,7 @@ def main() -> None:
   rows, curves = [], {}
   for label, optimizer, lr in RUNS:
     config = base_config(args.rounds)
-    config.server.optimizer, config.server.learning_rate = optimizer, lr
+    config.server.kind, config.server.learning_rate = optimizer, lr
     print(f"== {label}: server {optimizer} (lr {lr}), {config.data.num_clients} clients, "
           f"{config.clients_per_round} per round, {args.rounds} rounds")
     summary = driver.train_and_evaluate(config, str(workdir / optimizer))

@@ -16,7 +16,7 @@ import tqdm
 
 from fedjax_mm import client as client_lib
 from fedjax_mm.data import federated
-from fedjax_mm.types import PyTree, Task
+from fedjax_mm.types import PyTree, Task, initial_trainable
 
 _STEPS_PER_CALL = 100
 
@@ -33,7 +33,8 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
     batch_size: examples per step.
     optimizer: an optax transform.
     seed: seeds the initial parameters (if not given) and the data order.
-    trainable: starting parameters (default: ``task.init_trainable``).
+    trainable: starting parameters (default: ``initial_trainable(task, seed)``, a
+      federated run's round-0 parameters).
     progress: show a progress bar.
 
   Returns:
@@ -42,7 +43,7 @@ def train(task: Task, data: federated.FederatedData, *, num_steps: int, batch_si
   rng = np.random.default_rng(seed)
   n = data.num_examples
   if trainable is None:
-    trainable = task.init_trainable(jax.random.fold_in(jax.random.key(seed), 2**31 - 1))
+    trainable = initial_trainable(task, seed)
   examples = jax.device_put(data.examples)
   frozen = jax.device_put(task.frozen)
 

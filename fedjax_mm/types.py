@@ -100,3 +100,19 @@ class ClientResult:
   num_steps: jax.Array
   is_finite: jax.Array
   extras: Mapping[str, PyTree] = struct.field(default_factory=dict)
+
+
+# The initial parameters' key is folded from the root key with an index no
+# round reaches (round keys are ``fold_in(root, round)``), so it is
+# independent of every round's randomness.
+INIT_KEY_INDEX = 2**31 - 1
+
+
+def initial_trainable(task: Task, seed: int) -> PyTree:
+  """A run's round-0 trainable parameters: ``task.init_trainable`` on the seed's init key.
+
+  The one derivation shared by the round's server state, the centralized
+  reference and the experiments' floor (the untrained model), so all of them
+  start from the same parameters for the same seed.
+  """
+  return task.init_trainable(jax.random.fold_in(jax.random.key(seed), INIT_KEY_INDEX))

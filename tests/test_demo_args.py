@@ -1,21 +1,28 @@
-"""The demos' shared argument guard (experiments/fedma_demo.parse_methods)."""
+"""The experiments' method-list arguments (fedjax_mm.experiment.methods)."""
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import fedma_demo  # noqa: E402
+from fedjax_mm.experiment import methods
 
 
-def test_parse_methods_keeps_order_and_rejects_unknown_names(capsys):
+def test_parse_methods_keeps_order_and_rejects_unknown_names():
+  assert methods.parse_methods("scaffold,fedavg") == ["scaffold", "fedavg"]
+  assert methods.parse_methods("") == []
+  with pytest.raises(ValueError, match=r"must be comma-separated names of \(.*'fednova'.*\), "
+                                       r"got 'fedcmp_typo'"):
+    methods.parse_methods("fedavg,fedcmp_typo")
+  with pytest.raises(ValueError, match="got 'fedavg'"):
+    methods.parse_methods("cra_only,fedavg", methods.ABLATIONS)
+
+
+def test_a_bad_methods_flag_exits_with_one_line(capsys):
   parser = argparse.ArgumentParser(prog="demo")
-  assert fedma_demo.parse_methods(parser, "scaffold,fedavg") == ["scaffold", "fedavg"]
+  parser.add_argument("--methods", type=methods.methods_arg, default="fedavg")
+  assert parser.parse_args(["--methods", "fednova,fedavg"]).methods == ["fednova", "fedavg"]
   with pytest.raises(SystemExit):
-    fedma_demo.parse_methods(parser, "fedavg,fedcmp_typo")
-  err = capsys.readouterr().err
-  assert "--methods: 'fedcmp_typo' is not one of" in err and "'fednova'" in err
+    parser.parse_args(["--methods", "fedavg,fedcmp_typo"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("demo: error: argument --methods: must be comma-separated names")
+  assert err[-1].endswith("got 'fedcmp_typo'")

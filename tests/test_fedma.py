@@ -18,6 +18,7 @@ from fedjax_mm.setups import fedma
 from fedjax_mm.simulation import driver
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.data import federated
+from fedjax_mm.types import initial_trainable
 
 ROOT = Path(__file__).parents[1]
 
@@ -131,7 +132,7 @@ def test_short_federated_run_beats_the_untrained_floor(built, tmp_path):
   config, setup = built
   task = setup.task
   eval_fn = jax.jit(evaluation.build_eval_fn(task, setup.test, 256))
-  init = task.init_trainable(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
+  init = initial_trainable(task, config.seed)
   floor = evaluation.summarize(jax.device_get(eval_fn(init, jax.device_put(setup.test))))
   summary = driver.train_and_evaluate(config, str(tmp_path), progress=False, setup=setup)
   final = summary["final"]

@@ -41,6 +41,7 @@ from fedjax_mm.real import assets, efficientnet, smollm  # noqa: E402
 from fedjax_mm.setups import fedma_real  # noqa: E402
 from fedjax_mm.simulation import driver  # noqa: E402
 from fedjax_mm.simulation import round as round_lib  # noqa: E402
+from fedjax_mm.types import initial_trainable  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 NUM_CLIENTS = 6
@@ -158,7 +159,7 @@ def floor(built):
   """The untrained projector's evaluation: per-client sums and their summary."""
   config, setup = built
   task = setup.task
-  init = task.init_trainable(jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1))
+  init = initial_trainable(task, config.seed)
   eval_fn = jax.jit(evaluation.build_eval_fn(task, setup.test, config.eval_batch_size))
   sums = jax.device_get(eval_fn(init, jax.device_put(setup.test)))
   return init, sums, evaluation.summarize(sums)

@@ -34,7 +34,7 @@ from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
-from fedjax_mm.types import ClientResult, PyTree, ServerState, Task
+from fedjax_mm.types import ClientResult, PyTree, ServerState, Task, initial_trainable
 
 SAMPLINGS = federated.SAMPLINGS
 DEFAULT_MAX_STACK_BYTES = 4 * 2**30
@@ -348,7 +348,7 @@ def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed:
   algorithm = algorithm or fedavg()
   aggregator = aggregator or weighted_mean()
   root = jax.random.key(seed)
-  trainable = task.init_trainable(jax.random.fold_in(root, 2**31 - 1))
+  trainable = initial_trainable(task, seed)
   return ServerState(round=jnp.zeros((), jnp.int32), trainable=trainable,
                      opt_state=server_tx.init(trainable), rng=root,
                      algorithm=algorithm.server.init(trainable),

@@ -1,4 +1,4 @@
-"""Tables and plots of `experiments/compare_algorithms.py`'s report (a dict, see there)."""
+"""Tables and plots of the comparison's report (a dict, see `experiments/compare_algorithms.py`)."""
 
 from __future__ import annotations
 
