@@ -198,6 +198,8 @@ def test_loaded_params_have_the_module_structure_and_dtypes():
     got = jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), params)
     assert got == jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), abstract), manifest
     assert all(np.dtype(x.dtype) == np.float32 for x in jax.tree.leaves(params))
+    # Device arrays, as an orbax restore gives (jit indexes them with tracers).
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
 
 
 def _world_presets():
@@ -276,17 +278,18 @@ def test_build_towers_of_an_unshipped_config_goes_to_the_cache(tmp_path, monkeyp
 def test_shipped_towers_reproduce_their_recorded_values():
   # The towers every config in configs/ uses (the tests' tiny ones record
   # values too; checking them would only double this test's compile time).
-  for name, cfg in fedma.tower_configs(make_towers.shipped_config("configs")):
-    manifest = tower_artifacts.paths(SHIPPED, name, cfg)[1]
-    meta = tower_artifacts.read_manifest(manifest)
+  for name, tower_config in fedma.tower_configs(make_towers.shipped_config("configs")):
+    meta = tower_artifacts.read_manifest(tower_artifacts.paths(SHIPPED, name, tower_config)[1])
     cfg, ref = _config(meta), meta["reference"]
+    assert cfg == tower_config
     params = tower_artifacts.load(SHIPPED, meta["name"], cfg, _abstract(meta))
     # Tolerance: on another CPU only the float32 reduction order may differ.
     # Reordering a length-n float32 sum moves it by at most (n-1) eps sum|x_i|
-    # (Higham, Accuracy and Stability, 2nd ed., eq. 4.4), n <= 256 here:
-    # 256 x 1.2e-7 = 3e-5 relative per matmul, ~13 matmuls in sequence
+    # (Higham, Accuracy and Stability of Numerical Algorithms, ch. 4), n <= 256
+    # here: 256 x 1.2e-7 = 3e-5 relative per matmul, ~13 matmuls in sequence
     # (2 blocks of q/k/v, scores, mix, out, 2 MLP, plus the head) -> 4e-4 to
-    # first order; a wrong or perturbed weight moves these by far more.
+    # first order (a few ulp from other exp/tanh codegen are far below that);
+    # a wrong or perturbed weight moves these by far more.
     if meta["name"] == "lm":
       seq = np.asarray(ref["sequences"], np.int32)
       got = towers.lm_metrics(cfg.module(), params, seq)

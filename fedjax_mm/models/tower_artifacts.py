@@ -81,7 +81,9 @@ def unflatten(flat: Mapping[str, np.ndarray], abstract: PyTree, source: str) -> 
       raise ValueError(f"{source}: {key} must be {spec.dtype}{list(spec.shape)}, got "
                        f"{value.dtype}{list(value.shape)}; regenerate with: {REGENERATE}")
     out.append(value)
-  return jax.tree_util.tree_unflatten(treedef, out)
+  # Device arrays, as an orbax restore gives: a module indexing a NumPy
+  # weight with a tracer (``pos_embed[positions]``) would fail under jit.
+  return jax.tree_util.tree_unflatten(treedef, jax.device_put(out))
 
 
 def sha256(path: str | os.PathLike) -> str:
