@@ -303,3 +303,22 @@ def test_shipped_towers_reproduce_their_recorded_values():
       np.testing.assert_allclose(np.mean(np.abs(feats)), scale, rtol=5e-4)
       np.testing.assert_allclose(feats[:, :4, :4], np.asarray(ref["features_head"]),
                                  rtol=5e-4, atol=5e-4 * scale)
+
+
+def test_make_towers_check_reports_missing_unshipped_and_left_over(monkeypatch):
+  # Without its "configs" entry, every preset of configs/ misses its towers and
+  # the two shipped files of that entry are left over.
+  monkeypatch.setattr(make_towers, "SHIPPED",
+                      {k: v for k, v in make_towers.SHIPPED.items() if k != "configs"})
+  problems = make_towers.check(SHIPPED)
+  assert any(p.startswith("configs/scenarios.py:one_pass: its vit tower") and
+             p.endswith("is not shipped") for p in problems), problems
+  assert sum(p.endswith("left over (no entry of SHIPPED builds it)") for p in problems) == 2
+
+
+def test_make_towers_refuses_an_unknown_entry(monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["make_towers.py", "--only", "configs,nope"])
+  with pytest.raises(SystemExit) as exit_info:
+    make_towers.main()
+  assert exit_info.value.code == 2
+  assert "--only: 'nope' is not one of ('configs', 'test_fedma')" in capsys.readouterr().err
