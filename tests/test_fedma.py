@@ -13,7 +13,7 @@ import pytest
 from fedjax_mm import client as client_lib
 from fedjax_mm import config_files, evaluation
 from fedjax_mm.data import world
-from fedjax_mm.models import mllm
+from fedjax_mm.models import mllm, tower_artifacts, towers
 from fedjax_mm.setups import fedma
 from fedjax_mm.simulation import driver
 from fedjax_mm.simulation import round as round_lib
@@ -33,12 +33,23 @@ def tiny_config(cache_dir: str, preset: str = "iid"):
   config.model.cache_dir = cache_dir
   # Half the pretraining of the first version (300 / 800 steps): the fixture
   # took 136 s of the suite; these towers still leave the margins below.
+  # They are shipped (scripts/make_towers.py, SHIPPED["test_fedma"]): keep
+  # the two in step.
   config.model.vision.update(dict(width=64, mlp_dim=128, steps=150))
   config.model.lm.update(dict(width=64, mlp_dim=256, steps=400))
   config.num_rounds = 40
   config.eval_every = 0
   config.checkpoint.every = 0
   return config
+
+
+def test_the_tiny_towers_are_shipped(tmp_path):
+  # Shipped, the fixture below loads them (milliseconds, the same bits on
+  # every CPU) instead of pretraining them on this machine's float rounding.
+  for name, cfg in fedma.tower_configs(tiny_config(str(tmp_path))):
+    assert tower_artifacts.paths(tower_artifacts.SHIPPED_DIR, name, cfg)[1].exists(), (
+        f"tiny_config's {name} tower (hash {towers.config_hash(cfg)}) is not shipped: update "
+        "SHIPPED['test_fedma'] in scripts/make_towers.py and run it")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ Both loops run ``chunk`` optimizer steps per compiled ``lax.scan`` call
 build by a hash of its config and stores it with
 :class:`fedjax_mm.checkpoint.Checkpointer`; a hit loads without building.
 Configs must therefore name everything the result depends on, data included
-(``data_tag``).
+(``data_tag``). A build rounds differently on different CPUs, so the towers of
+the project's configs are shipped instead (:mod:`fedjax_mm.models.tower_artifacts`);
+this cache holds the builds of other configs.
 
 References:
   Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021 (ViT).

@@ -2,7 +2,8 @@
 
 Builds, from a config: the world's public splits (images only for the vision
 tower, caption text only for the LM: neither sees a pairing, no client holds
-them), both towers (pretrained once per config, cached on disk), the clients'
+them), both towers (shipped for the configs in configs/, else pretrained once
+per config and cached on disk), the clients'
 image-caption data (partitioned by concept/domain/quantity/style skew and
 missing modality), the frozen-feature cache (vision features computed once per
 example), and the projector task.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +26,15 @@ import ml_collections
 import numpy as np
 
 from fedjax_mm.data import captions, federated, partition, world
-from fedjax_mm.models import mllm, towers
+from fedjax_mm.models import mllm, tower_artifacts, towers
 from fedjax_mm.models.language import PAD
 from fedjax_mm.setups import Setup
 from fedjax_mm.types import Task
 
 # Seed offsets of the world's splits: disjoint draws from one config seed.
 _VISION_SPLIT, _TEXT_SPLIT, _CLIENT_SPLIT = 101, 202, 303
+# The shipped LM's reference loss is measured on text drawn with this offset.
+_REFERENCE_SPLIT = 404
 FEATURE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -67,11 +70,25 @@ def lm_config(config: ml_collections.ConfigDict) -> towers.LMConfig:
       data_tag=tag)
 
 
-def build_towers(config: ml_collections.ConfigDict, *, progress: bool = True
-                 ) -> tuple[towers.VisionConfig, Any, towers.LMConfig, Any]:
-  """Pretrained (or cached) ``(vision config, vit params, lm config, lm params)``."""
+class TowerBuild(NamedTuple):
+  """One tower of a config: its name, config, ``() -> params`` and restore target."""
+
+  name: str
+  config: Any
+  build: Callable[[], Any]
+  abstract: Any
+
+
+def tower_configs(config: ml_collections.ConfigDict
+                  ) -> tuple[tuple[str, towers.VisionConfig], tuple[str, towers.LMConfig]]:
+  """``(("vit", vision config), ("lm", lm config))``: what names a shipped artifact."""
+  return ("vit", vision_config(config)), ("lm", lm_config(config))
+
+
+def tower_builds(config: ml_collections.ConfigDict, *, progress: bool = True
+                 ) -> tuple[TowerBuild, TowerBuild]:
+  """The ``(vit, lm)`` pretraining recipes of a config (nothing runs until ``build()``)."""
   spec, tokenizer = world_spec(config), world.make_tokenizer()
-  cache = config.model.cache_dir or default_cache_dir()
   vcfg, lcfg = vision_config(config), lm_config(config)
 
   def build_vision():
@@ -90,9 +107,33 @@ def build_towers(config: ml_collections.ConfigDict, *, progress: bool = True
     return towers.pretrain_lm(captions.paraphrase_pairs(tokenizer, attrs, rng), lcfg,
                               progress=progress)
 
-  vit = towers.cached_params(cache, "vit", vcfg, build_vision, towers.abstract_vit_params(vcfg))
-  lm = towers.cached_params(cache, "lm", lcfg, build_lm, towers.abstract_lm_params(lcfg))
-  return vcfg, vit, lcfg, lm
+  return (TowerBuild("vit", vcfg, build_vision, towers.abstract_vit_params(vcfg)),
+          TowerBuild("lm", lcfg, build_lm, towers.abstract_lm_params(lcfg)))
+
+
+def reference_sequences(config: ml_collections.ConfigDict, n: int = 8) -> np.ndarray:
+  """``n`` paraphrase pairs drawn apart from the LM's pretraining text (a fresh seed)."""
+  rng = np.random.default_rng(config.seed + _REFERENCE_SPLIT)
+  attrs = world.sample_attributes(world_spec(config), rng, n)
+  return captions.paraphrase_pairs(world.make_tokenizer(), attrs, rng)
+
+
+def build_towers(config: ml_collections.ConfigDict, *, progress: bool = True,
+                 shipped_dir: str | os.PathLike = tower_artifacts.SHIPPED_DIR
+                 ) -> tuple[towers.VisionConfig, Any, towers.LMConfig, Any]:
+  """``(vision config, vit params, lm config, lm params)``: shipped, cached or pretrained.
+
+  The towers of the configs in ``configs/`` are shipped
+  (``scripts/make_towers.py``): identical bits on every machine. Another
+  tower config is pretrained here (logged) and cached in
+  ``config.model.cache_dir`` or :func:`default_cache_dir`.
+  """
+  cache = config.model.cache_dir or default_cache_dir()
+  vit, lm = tower_builds(config, progress=progress)
+  params = [tower_artifacts.load_or_build(b.name, b.config, b.build, b.abstract,
+                                          cache_dir=cache, shipped_dir=shipped_dir)
+            for b in (vit, lm)]
+  return vit.config, params[0], lm.config, params[1]
 
 
 def partition_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:

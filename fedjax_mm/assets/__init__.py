@@ -1,0 +1,1 @@
+"""Package data: shipped artifacts (see fedjax_mm.models.tower_artifacts)."""
