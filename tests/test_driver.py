@@ -136,21 +136,6 @@ def test_resume_of_a_workdir_written_before_the_registries_names_the_moved_field
           in message)
 
 
-def test_demo_rows_are_labelled_by_what_ran():
-  spec = importlib.util.spec_from_file_location("fedma_demo", ROOT / "experiments/fedma_demo.py")
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  config = config_files.load(ROOT / "configs/fedma_demo.py", "dirichlet")
-  assert demo.method_label(config) == "FedAvg"
-  config.server.kind = "fedadam"
-  assert demo.method_label(config) == "FedAdam"
-  config.algorithm.kind = "scaffold"
-  assert demo.method_label(config) == "SCAFFOLD + FedAdam server"
-  config.server.kind, config.algorithm.kind = "fedavg", "fednova"
-  config.client.optimizer, config.aggregation.kind = "sgd", "median"
-  assert demo.method_label(config) == "FedNova (SGD clients), median"
-
-
 def test_return_trainable_is_the_model_the_final_eval_scored(tmp_path):
   config = _small_config(num_rounds=2)
   setup = setups.build(config)
