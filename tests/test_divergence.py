@@ -121,8 +121,8 @@ def _message(config, record, history):
 
 @pytest.mark.parametrize("value", [1.0, 0.5, -3.0, math.inf, math.nan, True, "10"])
 def test_divergence_factor_is_validated(value):
-  with pytest.raises(ValueError, match=r"^config\.divergence_factor: must be a number > 1, "
-                                       r"finite, got "):
+  with pytest.raises(ValueError, match=r"^config\.divergence_factor: must be a finite number "
+                                       r"> 1, got "):
     divergence.check_factor(value)
   config = _config()
   config.divergence_factor = value
@@ -143,6 +143,6 @@ def test_the_driver_refuses_a_bad_divergence_factor_before_any_round(tmp_path):
   config = _config(num_rounds=1)
   config.divergence_factor = 0.5
   with pytest.raises(driver.configuration.ConfigError,
-                     match=r"^config\.divergence_factor: must be a number > 1, finite, got 0\.5$"):
+                     match=r"^config\.divergence_factor: must be a finite number > 1, got 0\.5$"):
     driver.train_and_evaluate(config, str(tmp_path), progress=False)
   assert not (tmp_path / "metrics.jsonl").exists()

