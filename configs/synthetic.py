@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.algorithm = configuration.algorithm_section("fedavg")
   config.preprocess = configuration.preprocess_section()
   config.aggregation = configuration.aggregation_section()
+  config.wrap = configuration.wrap_section()
 
   config.eval_every = 10
   config.eval_batch_size = 4096

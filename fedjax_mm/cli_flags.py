@@ -20,7 +20,7 @@ import ml_collections
 from absl import flags
 
 from fedjax_mm import config_files, configuration
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS, WRAPPERS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.server import SERVER
 from fedjax_mm.setups import DATASETS
@@ -155,7 +155,8 @@ def help_text(spec: str | None) -> str:
   lines += [f"  {d.name:<18} {d.label}: {d.summary}" for d in DATASETS.values()]
   for registry, path, selector in (
       (ALGORITHMS, "algorithm", "kind"), (PREPROCESSORS, "preprocess", "chain"),
-      (AGGREGATORS, "aggregation", "kind"), (SERVER, "server", "kind")):
+      (AGGREGATORS, "aggregation", "kind"), (WRAPPERS, "wrap", "chain"),
+      (SERVER, "server", "kind")):
     lines += ["", *registry.describe(path, selector)]
   return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import ml_collections
 from fedjax_mm import checks
 from fedjax_mm import client as client_lib
 from fedjax_mm import schedules
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS, WRAPPERS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.data import federated
 from fedjax_mm.server import SERVER
@@ -121,14 +121,31 @@ def preprocess_section(chain: str = "") -> ml_collections.ConfigDict:
   return PREPROCESSORS.section(None, chain=chain)
 
 
-def chain_names(chain: str) -> tuple[str, ...]:
-  """``"l2_clip, foo"`` -> ``("l2_clip", "foo")`` (empty string: no step)."""
+def wrap_section(chain: str = "") -> ml_collections.ConfigDict:
+  """Default ``config.wrap``: wrappers around the aggregator, innermost first, and options."""
+  return WRAPPERS.section(None, chain=chain)
+
+
+_CHAINS = {"preprocess": PREPROCESSORS, "wrap": WRAPPERS}
+
+
+def chain_names(chain: str, section: str = "preprocess") -> tuple[str, ...]:
+  """``"l2_clip, foo"`` -> ``("l2_clip", "foo")`` (empty string: no step).
+
+  Args:
+    chain: the value of ``config.<section>.chain``.
+    section: ``"preprocess"`` or ``"wrap"`` (whose registry names are allowed).
+  """
+  names_allowed = _CHAINS[section].names
   if not isinstance(chain, str):
-    raise ConfigError(f"config.preprocess.chain: must be a comma-separated string of "
-                      f"{PREPROCESSORS.names}, got {chain!r}")
+    raise ConfigError(f"config.{section}.chain: must be a comma-separated string of "
+                      f"{names_allowed}, got {chain!r}")
   names = tuple(n.strip() for n in chain.split(",") if n.strip())
   for name in names:
-    _check_one_of("preprocess.chain", name, PREPROCESSORS.names)
+    _check_one_of(f"{section}.chain", name, names_allowed)
+  if len(set(names)) != len(names):
+    raise ConfigError(f"config.{section}.chain: each name at most once (one options "
+                      f"section each), got {chain!r}")
   return names
 
 
@@ -224,6 +241,7 @@ def validate_run(config: ml_collections.ConfigDict) -> None:
         "aggregation.weighting='uniform' with size sampling, or sampling='uniform'")
   number(config, "aggregation.max_stack_mib", lambda v: 0 < v <= 2**40, "in (0, 2**40]")
   chain_names(get(config, "preprocess.chain"))
+  chain_names(get(config, "wrap.chain"), "wrap")
   number(config, "eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)", integer=True)
   number(config, "eval_batch_size", lambda v: v >= 1, ">= 1", integer=True)
   number(config, "checkpoint.every", lambda v: v >= 0, ">= 0 (0 = only at the end)",

@@ -250,7 +250,7 @@ def test_streamed_equals_stacked_over_rounds(reliability, fusion, decompose):
     deltas, weights, mask = _cohort(seed)
     params = jax.tree.map(lambda x: 3.0 * x[seed], _cohort(10)[0])   # the round's model
     a, s1, m1 = jax.jit(stacked.aggregate)(s1, deltas, weights, mask, None, params)
-    acc = streamed.start(s2, params)
+    acc = streamed.start(s2, params, None)
     for lo in range(0, 9, 4):      # chunks of 4, 4, 1; masked rows arrive with weight 0
       sl = slice(lo, lo + 4)
       acc = jax.jit(streamed.accumulate)(acc, jax.tree.map(lambda x: x[sl] * 1.0, deltas),

@@ -25,7 +25,7 @@ from conftest import COHORT, EPOCHS, FAST, K, TASK, bits, build
 from fedjax_mm import aggregation
 from fedjax_mm import checkpoint as checkpoint_lib
 from fedjax_mm import client as client_lib
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS, WRAPPERS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.data import federated
 from fedjax_mm.server import SERVER
@@ -35,7 +35,8 @@ TEMPLATE = jax.eval_shape(TASK.init_trainable, jax.random.key(0))
 # The run context every part may ask for (see Part.context).
 CONTEXT = dict(client_optimizer="sgd", client_momentum=0.0, cohort_size=COHORT,
                template=TEMPLATE, max_stack_bytes=2**40, learning_rate=1.0,
-               aggregator_kind="canonical", aggregator_rank=None)
+               aggregator_kind="canonical", aggregator_rank=None,
+               inner=aggregation.weighted_mean())
 # Configurations of a registered part that take another code path.
 VARIANTS = {"canonical-streamed": ("canonical", dict(path="streamed", score_with="previous"))}
 
@@ -47,6 +48,8 @@ def made(registry, name, **options):
 
 
 def _aggregator(name):
+  if name in WRAPPERS:      # around the mean (CONTEXT["inner"])
+    return made(WRAPPERS, name)
   if name in VARIANTS:
     base, options = VARIANTS[name]
     return made(AGGREGATORS, base, **options)
@@ -72,6 +75,7 @@ def parts_of(case):
 CASES = ([("algorithm", n) for n in ALGORITHMS.names]
          + [("aggregator", n) for n in AGGREGATORS.names if n != "mean"]
          + [("aggregator", n) for n in VARIANTS]
+         + [("aggregator", n) for n in WRAPPERS.names]
          + [("preprocessor", n) for n in PREPROCESSORS.names]
          + [("server", n) for n in SERVER.names if n != "fedavg"])
 IDS = [f"{kind}-{name}" for kind, name in CASES]
@@ -110,6 +114,7 @@ def test_every_registered_part_is_a_case():
   covered = {(k, n) for k, n in CASES}
   assert {("algorithm", n) for n in ALGORITHMS.names} <= covered
   assert {("aggregator", n) for n in AGGREGATORS.names} - {("aggregator", "mean")} <= covered
+  assert {("aggregator", n) for n in WRAPPERS.names} <= covered
   assert {("preprocessor", n) for n in PREPROCESSORS.names} <= covered
   assert {("server", n) for n in SERVER.names} - {("server", "fedavg")} <= covered
 
@@ -235,7 +240,33 @@ def test_part_metrics_are_prefixed_and_averaged_over_counted_clients(train):
   np.testing.assert_allclose(float(metrics["clip/clipped"]), np.mean(np.array(norms) > clip))
 
 
-VMAP_CASES = [n for n in AGGREGATORS.names] + list(VARIANTS)
+VMAP_CASES = [n for n in AGGREGATORS.names] + list(VARIANTS) + list(WRAPPERS.names)
+
+
+SUMMED = [n for n in VMAP_CASES if getattr(_aggregator(n), "summand", None) is not None]
+
+
+@pytest.mark.parametrize("name", SUMMED)
+def test_sum_decomposable_aggregators_accumulate_their_summands(name):
+  """``summand`` set means: ``start`` gives zeros of its structure and
+  ``accumulate`` adds each client's term (what secure_sum and central noise
+  rely on). Checked against the terms summed one client at a time in NumPy."""
+  agg = _aggregator(name)
+  rng = np.random.default_rng(1)
+  deltas = {"a": jnp.asarray(rng.normal(size=(COHORT, 5)), jnp.float32)}
+  weights = jnp.asarray(rng.uniform(1, 5, size=COHORT), jnp.float32).at[2].set(0.0)
+  template = jax.tree.map(lambda x: x[0], deltas)
+  acc0 = agg.start(agg.init(template), template, jax.random.key(0))
+  for leaf in jax.tree.leaves(acc0):
+    np.testing.assert_array_equal(np.asarray(leaf), 0)
+  acc = agg.accumulate(acc0, deltas, weights)
+  terms = [jax.tree.leaves(agg.summand(jax.tree.map(lambda x: x[k], deltas), weights[k]))
+           for k in range(COHORT)]
+  expected = [np.sum([np.asarray(t[i], np.float64) for t in terms], axis=0)
+              for i in range(len(terms[0]))]
+  # Sums of 7 float32 terms of size <= 5 * 4: rounding <= 7 eps * 20 ~ 2e-5.
+  for got, want in zip(jax.tree.leaves(acc), expected):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("name", VMAP_CASES)
@@ -255,7 +286,7 @@ def test_aggregators_vmap_over_independent_cohorts(name):
     state = agg.init(template)
     if isinstance(agg, aggregation.CohortAggregator):
       return agg.aggregate(state, d, w, m, key, template)[0]
-    acc = agg.accumulate(agg.start(state, template), d, jnp.where(m, w, 0.0))
+    acc = agg.accumulate(agg.start(state, template, key), d, jnp.where(m, w, 0.0))
     return agg.finalize(state, acc, key)[0]
 
   batched = jax.jit(jax.vmap(reduce))(deltas, weights, mask, keys)

@@ -1,8 +1,11 @@
 """Aggregation of the cohort's uploads: preprocessors, streaming and whole-cohort reductions.
 
-Two registries: ``AGGREGATORS`` (``config.aggregation.kind`` and
-``config.aggregation.<kind>.<option>``) and ``PREPROCESSORS`` (the ordered
-``config.preprocess.chain`` and ``config.preprocess.<name>.<option>``).
+Three registries: ``AGGREGATORS`` (``config.aggregation.kind`` and
+``config.aggregation.<kind>.<option>``), ``PREPROCESSORS`` (the ordered
+``config.preprocess.chain`` and ``config.preprocess.<name>.<option>``) and
+``WRAPPERS`` around the aggregator (``config.wrap.chain``, innermost first,
+and ``config.wrap.<name>.<option>``; each takes the aggregator it wraps as
+its ``inner`` context argument).
 Adding one is a module with a factory and a ``Part`` line, plus that line
 here.
 
@@ -16,6 +19,7 @@ round: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`krum`, :func:`bul
 from __future__ import annotations
 
 from fedjax_mm.aggregation import bulyan as _bulyan
+from fedjax_mm.aggregation import central_noise as _central_noise
 from fedjax_mm.aggregation import clipping as _clipping
 from fedjax_mm.aggregation import coordinatewise as _coordinatewise
 from fedjax_mm.aggregation import cra as _cra
@@ -23,20 +27,24 @@ from fedjax_mm.aggregation import geometric_median as _geometric_median
 from fedjax_mm.aggregation import knots as _knots
 from fedjax_mm.aggregation import krum as _krum
 from fedjax_mm.aggregation import mean as _mean
+from fedjax_mm.aggregation import secure_sum as _secure_sum
 from fedjax_mm.aggregation import ties as _ties
 from fedjax_mm.aggregation import topk as _topk
 from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
-                                        StreamingAggregator, stack_bytes, stateless)
+                                        StreamingAggregator, require_sum, stack_bytes,
+                                        stateless)
 from fedjax_mm.aggregation.bulyan import bulyan
 from fedjax_mm.aggregation.canonical import (CanonicalState, canonical_aggregator,
                                              canonical_fusion)
 from fedjax_mm.aggregation.canonical_streamed import canonical_streaming
+from fedjax_mm.aggregation.central_noise import gaussian_noise
 from fedjax_mm.aggregation.clipping import l2_clip
 from fedjax_mm.aggregation.coordinatewise import coordinate_median, trimmed_mean
 from fedjax_mm.aggregation.geometric_median import geometric_median
 from fedjax_mm.aggregation.knots import knots_merge
 from fedjax_mm.aggregation.krum import krum, krum_scores
 from fedjax_mm.aggregation.mean import weighted_mean
+from fedjax_mm.aggregation.secure_sum import secure_sum
 from fedjax_mm.aggregation.ties import ties_merge
 from fedjax_mm.registry import Registry
 
@@ -58,7 +66,13 @@ PREPROCESSORS = Registry("preprocessor", [
     _topk.PART,
 ])
 
-__all__ = ["AGGREGATORS", "PREPROCESSORS", "bulyan", "CanonicalState", "canonical_aggregator",
+WRAPPERS = Registry("aggregator wrapper", [
+    _central_noise.PART,
+    _secure_sum.PART,
+])
+
+__all__ = ["AGGREGATORS", "PREPROCESSORS", "WRAPPERS", "bulyan", "gaussian_noise",
+           "require_sum", "secure_sum", "CanonicalState", "canonical_aggregator",
            "canonical_fusion", "canonical_streaming", "Aggregator", "CohortAggregator",
            "Preprocessor", "StreamingAggregator", "coordinate_median", "geometric_median",
            "krum", "knots_merge", "krum_scores", "l2_clip", "stack_bytes", "stateless",

@@ -12,6 +12,8 @@ Two kinds, explicit in the type (the round picks its memory plan from it):
 
 Before either, :class:`Preprocessor` steps (clipping; later compression and
 local DP noise) run on each client's delta, vmapped, each with its own key.
+After, an aggregator may be *wrapped* (``WRAPPERS``: central noise, the
+secure sum), which only a sum-decomposable one (``summand`` set) allows.
 Aggregator state persists across rounds in ``ServerState.aggregator``.
 
 References:
@@ -39,18 +41,27 @@ class StreamingAggregator(NamedTuple):
   Attributes:
     name: prefix of its metrics.
     init: ``template delta -> state`` carried across rounds (``()`` if none).
-    start: ``(state, params) -> accumulator`` at the round's start; ``params`` is
-      the round's global model (the structure of one client's delta).
-    accumulate: ``(acc, deltas [c, ...], weights [c]) -> acc`` once per chunk;
-      excluded and padding clients arrive with weight 0 and a zero delta.
+    start: ``(state, params, key) -> accumulator`` at the round's start;
+      ``params`` is the round's global model (the structure of one client's
+      delta), ``key`` the round's aggregator key (the one ``finalize`` gets).
+    accumulate: ``(acc, deltas [c, ...], weights [c]) -> acc`` once per chunk,
+      in slot order; excluded and padding clients arrive with weight 0 and a
+      zero delta.
     finalize: ``(state, acc, key) -> (aggregate, new state, metrics)``.
+    summand: None, unless the reduction is a sum of per-client terms (it is
+      *sum-decomposable*): then ``summand(delta, weight)`` is one client's
+      term, ``start`` returns that structure's zeros and ``accumulate`` adds
+      the chunk's terms (the contract suite checks it). Secure aggregation
+      and central noise wrap only such aggregators; a wrapper keeps its
+      inner aggregator's ``summand`` (its inner reduction is still that sum).
   """
 
   name: str
   init: Callable[[PyTree], PyTree]
-  start: Callable[[PyTree, PyTree], PyTree]
+  start: Callable[[PyTree, PyTree, jax.Array], PyTree]
   accumulate: Callable[[PyTree, PyTree, jax.Array], PyTree]
   finalize: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, PyTree, Metrics]]
+  summand: Callable[[PyTree, jax.Array], PyTree] | None = None
 
 
 class CohortAggregator(NamedTuple):
@@ -100,6 +111,25 @@ class Preprocessor(NamedTuple):
 
 def no_state(_: PyTree) -> tuple:
   return ()
+
+
+def require_sum(wrapper: str, inner: Aggregator, why: str) -> StreamingAggregator:
+  """``inner`` if it is sum-decomposable, else a ``ValueError`` saying what ``wrapper`` needs.
+
+  Args:
+    wrapper: the wrapper's name, for the message.
+    inner: the aggregator to wrap.
+    why: why ``wrapper`` needs a sum (one clause).
+  """
+  if isinstance(inner, StreamingAggregator) and inner.summand is not None:
+    return inner
+  if isinstance(inner, CohortAggregator):
+    needs = "needs every client's update at once (use 'mean')"
+  else:
+    needs = ("exposes no per-client sum (use 'mean'; a wrapper that changes the "
+             "sum's arithmetic, such as secure_sum, goes last in config.wrap.chain)")
+  raise ValueError(f"inner: {wrapper} {why}, so it wraps only a sum-decomposable "
+                   f"aggregator; {inner.name!r} {needs}")
 
 
 def stateless(name: str, reduce: Callable[[PyTree, jax.Array, jax.Array],

@@ -71,7 +71,8 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
   canonical.check_options(rank, reliability, temperature, fusion, decompose=decompose)
   checks.one_of("reliability (streamed)", reliability, STREAMABLE_RELIABILITIES)
 
-  def start(state: canonical.CanonicalState, template: PyTree) -> CanonicalAccumulator:
+  def start(state: canonical.CanonicalState, template: PyTree, key) -> CanonicalAccumulator:
+    del key
     zeros = optax.tree.zeros_like(template)
     grams = tuple(jnp.zeros((u.shape[0],) * 2, jnp.float32) for u in state.bases)
     score = tuple(jnp.where(state.has_basis, u, 0.0) for u in state.bases)

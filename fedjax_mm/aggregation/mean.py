@@ -30,8 +30,8 @@ class MeanAccumulator(NamedTuple):
 def weighted_mean() -> StreamingAggregator:
   """``sum_k w_k delta_k / sum_k w_k`` (zero delta when all weights are 0)."""
 
-  def start(state, template: PyTree) -> MeanAccumulator:
-    del state
+  def start(state, template: PyTree, key) -> MeanAccumulator:
+    del state, key
     return MeanAccumulator(optax.tree.zeros_like(template), jnp.zeros((), jnp.float32))
 
   def accumulate(acc: MeanAccumulator, deltas: PyTree, weights: jax.Array):
@@ -46,8 +46,12 @@ def weighted_mean() -> StreamingAggregator:
     mean = jax.tree.map(lambda s: (s * scale).astype(s.dtype), acc.weighted_sum)
     return mean, state, {}
 
+  def summand(delta: PyTree, weight: jax.Array) -> MeanAccumulator:
+    return MeanAccumulator(jax.tree.map(lambda d: weight.astype(d.dtype) * d, delta),
+                           weight.astype(jnp.float32))
+
   return StreamingAggregator(name="mean", init=no_state, start=start,
-                             accumulate=accumulate, finalize=finalize)
+                             accumulate=accumulate, finalize=finalize, summand=summand)
 
 
 PART = Part("mean", weighted_mean, "mean",

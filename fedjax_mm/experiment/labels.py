@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from fedjax_mm import configuration
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS, WRAPPERS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.server import SERVER
 
@@ -38,7 +38,8 @@ def method_label(config: ml_collections.ConfigDict) -> str:
 
   The algorithm (with its options when one differs from its default), the
   server optimizer unless FedAvg's, the client optimizer unless Adam, the
-  aggregator unless the mean, then each preprocessing step with its options.
+  aggregator unless the mean, then each preprocessing step with its options,
+  then each wrapper of the aggregator with its options.
   """
   algorithm = config.algorithm.kind
   part = ALGORITHMS[algorithm]
@@ -59,6 +60,8 @@ def method_label(config: ml_collections.ConfigDict) -> str:
   for step in configuration.chain_names(config.preprocess.chain):
     values = ", ".join(_value(v) for v in config.preprocess[step].values())
     name += f", {PREPROCESSORS[step].label} {values}".rstrip()
+  for step in configuration.chain_names(config.wrap.chain, "wrap"):
+    name += f", {WRAPPERS[step].label} ({_options(config.wrap[step])})"
   return name
 
 

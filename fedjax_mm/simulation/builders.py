@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from fedjax_mm import aggregation, algorithms, client as client_lib, configuration, schedules
-from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS
+from fedjax_mm.aggregation import AGGREGATORS, PREPROCESSORS, WRAPPERS
 from fedjax_mm.algorithms import ALGORITHMS
 from fedjax_mm.data import federated
 from fedjax_mm.server import SERVER
@@ -46,6 +46,7 @@ CONTEXT_PATHS = {
     "aggregator_kind": "aggregation.kind",
     "aggregator_rank": "aggregation.canonical.rank",
     "max_stack_bytes": "aggregation.max_stack_mib",
+    "inner": "aggregation.kind",
 }
 
 
@@ -75,7 +76,7 @@ def max_stack_bytes(config: ml_collections.ConfigDict) -> int:
 
 
 def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
-  """``config.algorithm``, ``config.preprocess`` and ``config.aggregation`` -> :class:`RoundParts`.
+  """``config.algorithm``, ``.preprocess``, ``.aggregation`` and ``.wrap`` -> :class:`RoundParts`.
 
   ``template`` (one client's update, e.g. ``jax.eval_shape`` of the trainable
   init) lets an aggregator size its memory plan (e.g. CRA's ``path="auto"``).
@@ -90,6 +91,9 @@ def round_parts(config: ml_collections.ConfigDict, template=None) -> RoundParts:
     section = ml_collections.ConfigDict({"kind": name, name: config.preprocess[name]})
     preprocessors.append(_built(PREPROCESSORS, section, "preprocess", context))
   aggregator = _built(AGGREGATORS, config.aggregation, "aggregation", context)
+  for name in configuration.chain_names(config.wrap.chain, "wrap"):
+    section = ml_collections.ConfigDict({"kind": name, name: config.wrap[name]})
+    aggregator = _built(WRAPPERS, section, "wrap", {**context, "inner": aggregator})
   return RoundParts(algorithm, tuple(preprocessors), aggregator)
 
 

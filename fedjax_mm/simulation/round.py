@@ -280,7 +280,8 @@ def build_round_fn(
         population.gather(population_state.stats, one["id"]),
         population.gather(population_state.preprocess, one["id"]))[3]
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    acc0 = aggregator.start(state.aggregator, state.trainable) if streaming else ()
+    acc0 = (aggregator.start(state.aggregator, state.trainable, aggregator_key(state))
+            if streaming else ())
     (acc, sums, new_population), stacked = jax.lax.scan(
         chunk_body, (acc0, sums0, population_state), chunked)
 
