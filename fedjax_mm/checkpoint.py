@@ -40,7 +40,8 @@ around, all verified by ``tests/test_checkpoint.py``:
   ``state/``) fail its restore (``ValueError``, ``KeyError``); the failed
   restore's pending tensorstore reads then call into its closed event loop,
   each printing ``RuntimeError: Event loop is closed`` through
-  ``sys.unraisablehook``: those (only those) are dropped until ``close``.
+  ``sys.unraisablehook``: those (only those) are dropped until ``close``
+  (``closed_loop_noise.py``).
   ``<step>.corrupt`` (:meth:`Checkpointer.set_aside`) is neither listed nor
   cleaned by orbax.
 * Restore casts stored values to the target's dtype without complaint (e.g.
@@ -53,7 +54,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +61,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fedjax_mm.closed_loop_noise import ClosedLoopNoiseFilter
 from fedjax_mm.restore_target import abstract_like  # re-exported: part of this API
 
 PyTree = Any
@@ -128,7 +129,7 @@ class Checkpointer:
     self._directory = os.path.abspath(os.fspath(directory))
     self._save_interval_steps = int(save_interval_steps)
     self._closed = False
-    self._hook = None   # our unraisablehook filter, while installed
+    self._noise = ClosedLoopNoiseFilter()   # see closed_loop_noise.py
     self._restore_failed = False
     options = ocp.CheckpointManagerOptions(
         # `max_to_keep=` is deprecated in orbax 0.12 in favour of this. LatestN
@@ -239,7 +240,7 @@ class Checkpointer:
       step = self._manager.latest_step()
       if step is None:
         raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
-    self._drop_closed_loop_noise()   # before: the noise may come while it fails
+    self._noise.install()   # before: the noise may come while it fails
     try:
       restored = self._manager.restore(
           int(step),
@@ -254,7 +255,7 @@ class Checkpointer:
       self._restore_failed = True   # its noise may come later: drop it until close()
       raise
     if not self._restore_failed:
-      self._restore_unraisablehook()   # nothing failed: nothing to drop
+      self._noise.remove()   # nothing failed: nothing to drop
     return restored[_STATE_ITEM], dict(restored[_META_ITEM])
 
   def set_aside(self, step: int) -> str:
@@ -273,18 +274,6 @@ class Checkpointer:
     self._manager.reload()   # orbax caches the step list
     return dst
 
-  def _drop_closed_loop_noise(self) -> None:
-    if self._hook is not None:
-      return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-      e = unraisable.exc_value
-      if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-        previous(unraisable)
-    self._hook = (hook, previous)
-    sys.unraisablehook = hook
-
   def wait_until_finished(self) -> None:
     """Blocks until the in-flight save (if any) is committed; re-raises its error."""
     self._manager.wait_until_finished()
@@ -297,12 +286,7 @@ class Checkpointer:
     self._closed = True
     self._manager.close()
     self._empty_trash()
-    self._restore_unraisablehook()
-
-  def _restore_unraisablehook(self) -> None:
-    if self._hook is not None and sys.unraisablehook is self._hook[0]:
-      sys.unraisablehook = self._hook[1]   # unless someone replaced it since
-    self._hook = None
+    self._noise.remove()
 
   def __enter__(self) -> Checkpointer:
     return self

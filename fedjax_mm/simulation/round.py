@@ -17,7 +17,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence
 
 import jax
@@ -34,79 +33,18 @@ from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import population
-from fedjax_mm.types import ClientResult, PyTree, ServerState, Task, initial_trainable
+# The spec, the key scheme and the round-0 state live beside; re-exported: part of this API.
+from fedjax_mm.simulation.cohort import (RoundSpec, aggregator_key, client_key, cohort_ids,
+                                         preprocess_key, round_key)
+from fedjax_mm.simulation.initial_state import init_population, init_server_state
+from fedjax_mm.types import ClientResult, PyTree, ServerState, Task
+
+__all__ = ["DEFAULT_MAX_STACK_BYTES", "RoundSpec", "SAMPLINGS", "aggregator_key", "build_round_fn",
+           "client_key", "cohort_ids", "init_population", "init_server_state", "preprocess_key",
+           "round_key"]
 
 SAMPLINGS = federated.SAMPLINGS
 DEFAULT_MAX_STACK_BYTES = 4 * 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundSpec:
-  """Static settings of a round (changing one means a new compilation).
-
-  Attributes:
-    num_clients: K, the population size.
-    cohort_size: C, clients per round.
-    chunk_size: clients trained at once (vmapped); the cohort is padded to a
-      multiple of it with weight-0 clients. Must be a multiple of the mesh
-      size. ``0`` means the whole (padded) cohort in one chunk.
-    schedule: the local data schedule (steps or epochs, S, B).
-    sampling: ``"uniform"``, ``"size"`` (probability proportional to the
-      ``sample_weights`` passed to the round, e.g. client sizes) or
-      ``"one_pass"`` (round t takes positions [tC, (t+1)C) of a keyed
-      permutation of the clients: nobody is drawn twice in K / C rounds).
-  """
-
-  num_clients: int
-  cohort_size: int
-  chunk_size: int
-  schedule: federated.LocalSchedule
-  sampling: str = "uniform"
-
-  def chunking(self, num_devices: int = 1) -> tuple[int, int]:
-    """``(num_chunks, chunk)`` with chunk a multiple of ``num_devices``."""
-    # Never pad a small cohort up to a large chunk.
-    chunk = min(self.chunk_size or self.cohort_size, self.cohort_size)
-    chunk = -(-chunk // num_devices) * num_devices
-    return -(-self.cohort_size // chunk), chunk
-
-
-def round_key(state: ServerState) -> jax.Array:
-  return jax.random.fold_in(state.rng, state.round)
-
-
-def cohort_ids(state: ServerState, spec: RoundSpec,
-               sample_weights: jax.Array | None) -> jax.Array:
-  """The round's cohort, a pure function of ``(state.rng, state.round)``.
-
-  ``"uniform"`` / ``"size"`` draw afresh each round from the round key.
-  ``"one_pass"`` takes positions ``[t*C, (t+1)*C)`` of one client order
-  drawn from the root key, so no client is drawn twice in ``K // C`` rounds.
-  """
-  if spec.sampling == "one_pass":
-    # One order for the whole run, so it must not come from a round key.
-    # 2**31 - 2 is reserved beside the parameters' 2**31 - 1: no round index
-    # reaches it, so no round key equals this one.
-    order_key = jax.random.fold_in(state.rng, 2**31 - 2)
-    return federated.one_pass_cohort(order_key, spec.num_clients, spec.cohort_size,
-                                     state.round)
-  key = jax.random.fold_in(round_key(state), 0)
-  weights = sample_weights if spec.sampling == "size" else None
-  return federated.sample_cohort(key, spec.num_clients, spec.cohort_size, weights)
-
-
-def client_key(state: ServerState, client_id: jax.Array) -> jax.Array:
-  """A client's key for the round: depends on its id, not its cohort slot."""
-  return jax.random.fold_in(jax.random.fold_in(round_key(state), 1), client_id)
-
-
-def preprocess_key(state: ServerState, client_id: jax.Array) -> jax.Array:
-  """A client's key for its upload's preprocessing (independent of its data key)."""
-  return jax.random.fold_in(jax.random.fold_in(round_key(state), 2), client_id)
-
-
-def aggregator_key(state: ServerState) -> jax.Array:
-  return jax.random.fold_in(round_key(state), 3)
 
 
 def _prefixed(name: str, metrics) -> dict[str, jax.Array]:
@@ -340,35 +278,3 @@ def build_round_fn(
     return new_state, new_population, metrics
 
   return round_fn
-
-
-def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed: int, *,
-                      algorithm: Algorithm | None = None,
-                      aggregator: Aggregator | None = None) -> ServerState:
-  """Round-0 server state; parameters are drawn from a key no round uses."""
-  algorithm = algorithm or fedavg()
-  aggregator = aggregator or weighted_mean()
-  root = jax.random.key(seed)
-  trainable = initial_trainable(task, seed)
-  return ServerState(round=jnp.zeros((), jnp.int32), trainable=trainable,
-                     opt_state=server_tx.init(trainable), rng=root,
-                     algorithm=algorithm.server.init(trainable),
-                     aggregator=aggregator.init(trainable),
-                     last_update=optax.tree.zeros_like(trainable))
-
-
-def init_population(task: Task, num_clients: int, *, algorithm: Algorithm | None = None,
-                    state_rule: population.ClientStateRule | None = None,
-                    preprocessors: Sequence[Preprocessor] = ()
-                    ) -> population.PopulationState:
-  """Round-0 population state: bookkeeping, the algorithm's and the preprocessors' client state."""
-  algorithm = algorithm or fedavg()
-  state_rule = state_rule or population.participation_stats()
-  template = jax.eval_shape(task.init_trainable, jax.random.key(0))
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-  pre_state = tuple(() if pre.init_state is None else pre.init_state(zeros)
-                    for pre in preprocessors)
-  if not jax.tree.leaves(pre_state):   # a stateless chain keeps no entry (as before it existed)
-    pre_state = ()
-  return population.init_population(state_rule, num_clients, algorithm.client.init_state(zeros),
-                                    pre_state)
