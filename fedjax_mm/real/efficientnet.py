@@ -1,36 +1,14 @@
 """EfficientNet-Lite0 (ImageNet-1k) as a frozen JAX/Flax vision tower.
 
-EfficientNet-Lite is EfficientNet-B0 made integer-quantisation friendly: no
-squeeze-and-excitation, ReLU6 instead of swish, and the stem and head kept at
-32 and 1280 channels. The body is a stack of MobileNetV2 inverted residuals
-(MBConv: 1x1 expansion, depthwise kxk, linear 1x1 projection, identity skip
-when the shape is kept). 4.65M parameters (4.63M with batch norms folded),
-224x224 RGB input.
-
-Holds the tower's entry points: :func:`encode` (uint8 images to pooled visual
-tokens), :func:`classify`, :func:`adaptive_avg_pool` and
-:func:`imagenet_labels`. The network (:class:`EfficientNetLite0`,
-:func:`preprocess`) is :mod:`fedjax_mm.real.efficientnet_network`, the weights
-(:func:`load_params`, :func:`convert_state_dict`)
-:mod:`fedjax_mm.real.efficientnet_weights`; both are re-exported here.
-
-The weights are the ``efficientnet-lite0-57934424.pth`` state dict (a conversion
-of the TensorFlow checkpoint, keys named as in EfficientNet-PyTorch:
-``_conv_stem``/``_bn0``, ``_blocks.{i}._expand_conv|_depthwise_conv|_project_conv``
-with ``_bn0|_bn1|_bn2``, ``_conv_head``/``_bn1``, ``_fc``), read without torch by
-:mod:`fedjax_mm.real.torch_pickle`. The tower is inference-only, so
-:func:`load_params` folds every batch norm (running statistics, eps 1e-3) into
-the preceding bias-free convolution: ``w * g / sqrt(v + eps)`` and bias
-``b - m * g / sqrt(v + eps)``; the module is then convolutions with biases only.
-Padding is TensorFlow's ``SAME`` by default (see
-:mod:`fedjax_mm.real.efficientnet_network` for the measurement against the
-symmetric padding of PyTorch-style ports).
-
-Input normalisation is EfficientNet-Lite's: ``(x - 127) / 128`` for ``x`` in
-``[0, 255]`` (:func:`preprocess`); ImageNet mean/std instead gives the same
-top-1 on the bundled photos but lower confidence. :func:`encode` turns uint8
-images into 49 visual tokens (the 7x7 final feature map, row-major) or fewer by
-adaptive average pooling.
+Holds the tower's entry points: :func:`encode` (uint8 images to visual tokens:
+the 7x7 final feature map, row-major, or fewer by adaptive average pooling),
+:func:`classify`, :func:`adaptive_avg_pool` and :func:`imagenet_labels`. The
+network and its input normalisation (:class:`EfficientNetLite0`,
+:func:`preprocess`; the architecture and the padding measurement are described
+there) are :mod:`fedjax_mm.real.efficientnet_network`; the weights, converted
+from the torch state dict with every batch norm folded (:func:`load_params`,
+:func:`convert_state_dict`), :mod:`fedjax_mm.real.efficientnet_weights`. Both
+are re-exported here.
 
 References:
   Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
