@@ -31,7 +31,8 @@ COHORT = 7
 TASK = logreg.task(60, 10)
 # Compile fast (the rounds are tiny): XLA's backend optimizations cost more
 # compile time than they save here, and the checks are about semantics.
-FAST = {"compiler_options": {"xla_backend_optimization_level": 0}}
+FAST = {"compiler_options": {"xla_backend_optimization_level": 0,
+                                "xla_cpu_use_fusion_emitters": False}}
 EPOCHS = federated.LocalSchedule("epochs", 6, 4, 1)
 
 

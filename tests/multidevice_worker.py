@@ -22,6 +22,12 @@ from fedjax_mm.simulation import mesh as mesh_lib  # noqa: E402
 from fedjax_mm.simulation import round as round_lib  # noqa: E402
 
 
+# Compile fast (as tests/conftest.py's FAST): the equivalence is about the
+# partitioning, not about XLA's backend optimizations, which cost more compile
+# time than these tiny rounds take to run.
+FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
 def run(mesh, parts, rounds=3):
   K = 64
   data = synthetic.generate(0, K, size_mean=2.0, size_sigma=1.0, min_size=3, max_size=60)
@@ -32,17 +38,19 @@ def run(mesh, parts, rounds=3):
   tx = parts.get("tx") or server.SERVER.make("fedadam", learning_rate=0.05)
   parts = {k: v for k, v in parts.items() if k != "tx"}
   fn = jax.jit(round_lib.build_round_fn(task, spec, tx, client_lib.make_client_optimizer("sgd"),
-                                        0.1, mesh=mesh, **parts))
+                                        0.1, mesh=mesh, **parts), compiler_options=FAST)
   state = mesh_lib.put_replicated(round_lib.init_server_state(
       task, tx, seed=5, algorithm=parts.get("algorithm"),
       aggregator=parts.get("aggregator")), mesh)
   pop = mesh_lib.put_replicated(round_lib.init_population(
       task, K, algorithm=parts.get("algorithm")), mesh)
   weights = mesh_lib.put_replicated(np.asarray(train.sizes, np.float32), mesh)
-  hlo = fn.lower(state, pop, train, weights, None).compile().as_text()
+  # One compilation: the rounds run the very executable whose HLO is inspected.
+  compiled = fn.lower(state, pop, train, weights, None).compile()
   for _ in range(rounds):
-    state, pop, metrics = fn(state, pop, train, weights, None)
-  return jax.device_get((state.trainable, pop.stats.participations, metrics["train_loss"])), hlo
+    state, pop, metrics = compiled(state, pop, train, weights, None)
+  return (jax.device_get((state.trainable, pop.stats.participations, metrics["train_loss"])),
+          compiled.as_text())
 
 
 # FedAvg + streaming mean; SCAFFOLD (model-sized client state, scattered per

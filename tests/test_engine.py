@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import FAST
 from fedjax_mm import client as client_lib
 from fedjax_mm.data import federated, synthetic
 from fedjax_mm.models import logreg
@@ -45,7 +46,7 @@ def _run(build, spec, train, server_tx, rounds=3, client_lr=0.1, weights=None,
 
 
 def _jit_round(*args):
-  return jax.jit(round_lib.build_round_fn(*args))
+  return jax.jit(round_lib.build_round_fn(*args), **FAST)
 
 
 def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
@@ -128,7 +129,7 @@ def test_round_traced_once_across_cohorts(train):
   tx = fedopt.fedyogi(0.01)
   fn = round_lib.build_round_fn(TASK, spec, tx, client_lib.make_client_optimizer("sgd"),
                                 optax.cosine_decay_schedule(0.1, 10))
-  jitted = jax.jit(chex.assert_max_traces(fn, n=1), donate_argnums=(0, 1))
+  jitted = jax.jit(chex.assert_max_traces(fn, n=1), donate_argnums=(0, 1), **FAST)
   state = round_lib.init_server_state(TASK, tx, seed=0)
   pop = round_lib.init_population(TASK, K)
   cohorts = []
@@ -182,7 +183,8 @@ def test_client_learning_rate_schedule_is_indexed_by_round(train):
   schedule = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.5)
   spec = _spec(cohort=5)
   fn = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
-                                        client_lib.make_client_optimizer("sgd"), schedule))
+                                        client_lib.make_client_optimizer("sgd"), schedule),
+               **FAST)
   state = round_lib.init_server_state(TASK, optax.sgd(1.0), seed=0)
   pop = round_lib.init_population(TASK, K)
   for r in range(3):
@@ -191,7 +193,8 @@ def test_client_learning_rate_schedule_is_indexed_by_round(train):
     np.testing.assert_allclose(float(metrics["client_lr"]), 0.2 * 0.5**r, rtol=1e-6)
   # The last round's update is the one a constant lr of schedule(2) gives.
   const = jax.jit(round_lib.build_round_fn(TASK, spec, optax.sgd(1.0),
-                                           client_lib.make_client_optimizer("sgd"), 0.05))
+                                           client_lib.make_client_optimizer("sgd"), 0.05),
+                  **FAST)
   replay, _, _ = const(state.replace(round=state.round - 1, trainable=before), pop, train,
                        train.sizes.astype(jnp.float32), None)
   _assert_trees_close(replay.trainable, state.trainable)

@@ -7,13 +7,15 @@ test of uniformity; chunking and its padding against the unchunked round.
 The noise against its distribution, its key scheme and its refusals.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import COHORT, bits, build
+from conftest import COHORT, FAST, bits, build
 from configs import synthetic
 from fedjax_mm import aggregation, configuration
 from fedjax_mm.aggregation import StreamingAggregator, WRAPPERS
@@ -31,15 +33,20 @@ def plain_sum() -> StreamingAggregator:
 
 
 def reduce(agg, deltas, weights, key, chunks):
-  template = jax.tree.map(lambda x: x[0], deltas)
-  state = agg.init(template)
-  acc = agg.start(state, template, key)
-  lo = 0
-  for size in chunks:
-    acc = agg.accumulate(acc, jax.tree.map(lambda x: x[lo:lo + size], deltas),
-                         weights[lo:lo + size])
-    lo += size
-  return acc, agg.finalize(state, acc, key)
+  """The accumulator and ``finalize``'s output after streaming ``chunks`` of the cohort."""
+  # One jitted program (eagerly, each of the masks' many ops compiles on its own).
+  @functools.partial(jax.jit, **FAST)
+  def run(deltas, weights, key):
+    template = jax.tree.map(lambda x: x[0], deltas)
+    state = agg.init(template)
+    acc = agg.start(state, template, key)
+    lo = 0
+    for size in chunks:
+      acc = agg.accumulate(acc, jax.tree.map(lambda x: x[lo:lo + size], deltas),
+                           weights[lo:lo + size])
+      lo += size
+    return acc, agg.finalize(state, acc, key)
+  return run(deltas, weights, key)
 
 
 def fixed_point_sum(deltas, weights, f):

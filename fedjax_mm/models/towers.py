@@ -118,7 +118,8 @@ def pretrain_vision_classifier(images: np.ndarray, labels: Mapping[str, np.ndarr
   data = {"images": jnp.asarray(images[train]),
           **{k: jnp.asarray(labels[k][train], jnp.int32) for k in names}}
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  params = model.init(key_init, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
+  # jit: run eagerly, init compiles each initializer op by op (~14 s of a tiny ViT's).
+  params = jax.jit(model.init)(key_init, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
   params = _train(_vision_loss(model, names), params, data, steps=config.steps,
                   batch_size=config.batch_size, learning_rate=config.learning_rate,
                   key=key_train, desc="pretrain vision", progress=progress)
@@ -133,12 +134,18 @@ def pretrain_vision_classifier(images: np.ndarray, labels: Mapping[str, np.ndarr
 def vision_accuracy(model: ViTClassifier, params: PyTree, images: np.ndarray,
                     labels: Mapping[str, np.ndarray], batch_size: int = 512) -> dict[str, float]:
   """Per-attribute accuracy of a :class:`ViTClassifier` (labels < 0 skipped)."""
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x.astype(jnp.float32) / 255.0))
+  predict = jax.jit(lambda p, x: {k: jnp.argmax(v, -1) for k, v in model.apply(
+      {"params": p}, x.astype(jnp.float32) / 255.0).items()})
+  batch_size = max(min(batch_size, len(images)), 1)
   preds = {k: [] for k in labels}
   for i in range(0, len(images), batch_size):
-    out = apply(params, jnp.asarray(images[i:i + batch_size]))
+    batch = images[i:i + batch_size]
+    # The last batch padded to the others' shape: one compilation, not two.
+    padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
+                                             batch.dtype)])
+    out = predict(params, jnp.asarray(padded))
     for k in labels:
-      preds[k].append(np.asarray(jnp.argmax(out[k], -1)))
+      preds[k].append(np.asarray(out[k])[:len(batch)])
   return {k: float(np.mean((np.concatenate(preds[k]) == labels[k])[labels[k] >= 0]))
           for k in labels if len(images)}
 
@@ -174,7 +181,7 @@ def pretrain_lm(sequences: np.ndarray, config: LMConfig, *, progress: bool = Tru
   model = config.module()
   train, held = _split(len(sequences), config.holdout_fraction, config.seed)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
-  params = model.init(key_init, jnp.zeros((1, 2), jnp.int32))["params"]
+  params = jax.jit(model.init)(key_init, jnp.zeros((1, 2), jnp.int32))["params"]
   params = _train(_lm_loss(model, config.random_offset), params,
                   {"seq": jnp.asarray(sequences[train], jnp.int32)}, steps=config.steps,
                   batch_size=config.batch_size, learning_rate=config.learning_rate,
@@ -186,20 +193,22 @@ def pretrain_lm(sequences: np.ndarray, config: LMConfig, *, progress: bool = Tru
 
 def lm_metrics(model: CausalLM, params: PyTree, sequences: np.ndarray) -> dict[str, float]:
   """Next-token loss/accuracy on non-PAD targets, overall and after SEP."""
-  seq = jnp.asarray(sequences, jnp.int32)
-  logits = jax.jit(model.apply)({"params": params}, seq[:, :-1])
-  targets = seq[:, 1:]
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, -1) == targets)
-  valid = targets != PAD
-  # Targets after SEP (the second paraphrase): low loss there means the LM
-  # uses the first caption as context, which is what a visual prefix exploits.
-  after_sep = valid & (jnp.cumsum(seq[:, :-1] == SEP, axis=1) > 0)
-  out = {}
-  for name, m in (("all", valid), ("after_sep", after_sep)):
-    out[f"loss_{name}"] = float(jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1))
-    out[f"acc_{name}"] = float(jnp.sum(correct * m) / jnp.maximum(jnp.sum(m), 1))
-  return out
+  @jax.jit  # one program (run eagerly, each op below would compile on its own)
+  def metrics(params, seq):
+    logits = model.apply({"params": params}, seq[:, :-1])
+    targets = seq[:, 1:]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets)
+    valid = targets != PAD
+    # Targets after SEP (the second paraphrase): low loss there means the LM
+    # uses the first caption as context, which is what a visual prefix exploits.
+    after_sep = valid & (jnp.cumsum(seq[:, :-1] == SEP, axis=1) > 0)
+    out = {}
+    for name, m in (("all", valid), ("after_sep", after_sep)):
+      out[f"loss_{name}"] = jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1)
+      out[f"acc_{name}"] = jnp.sum(correct * m) / jnp.maximum(jnp.sum(m), 1)
+    return out
+  return {k: float(v) for k, v in metrics(params, jnp.asarray(sequences, jnp.int32)).items()}
 
 
 def _log(tower: str, report: Mapping[str, Mapping[str, float]]) -> None:
