@@ -1,6 +1,7 @@
 """Fed-MA end to end on tiny towers: frozen weights stay frozen and shared,
 cached features = uncached, a short federated run beats the untrained floor."""
 
+import functools
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import FAST
 from fedjax_mm import client as client_lib
 from fedjax_mm import config_files, evaluation
 from fedjax_mm.data import world
@@ -99,7 +101,7 @@ def test_frozen_weights_are_shared_not_per_client_and_never_trained(built):
 
   walk(jaxpr.jaxpr)
   assert not shapes & per_client, shapes & per_client
-  compiled = jax.jit(fn).lower(state, pop, train, weights, None, frozen).compile()
+  compiled = jax.jit(fn, **FAST).lower(state, pop, train, weights, None, frozen).compile()
   new_state, _, _ = compiled(state, pop, train, weights, None, frozen)
   assert jax.tree.structure(new_state.trainable) == jax.tree.structure(state.trainable)
   assert any(not np.array_equal(a, b) for a, b in zip(
@@ -119,20 +121,22 @@ def test_cached_feature_loss_equals_uncached(built):
   params = setup.task.init_trainable(jax.random.key(0))
   cached = mllm.encode_images(vit, vit_params, scenes.images, batch_size=8)
 
-  @jax.jit
+  loss = jax.jit(setup.task.per_example_loss, **FAST)
+
+  @functools.partial(jax.jit, **FAST)
   def uncached_loss(params, images):
     vis = vit.apply({"params": vit_params}, images.astype(jnp.float32) / 255.0)
     return setup.task.per_example_loss(params, setup.task.frozen,
                                        {"vis": vis, "tokens": tokens,
                                         "has_caption": jnp.ones(16, bool)})
 
-  cached_loss = setup.task.per_example_loss(
+  cached_loss = loss(
       params, setup.task.frozen, {"vis": cached, "tokens": tokens,
                                   "has_caption": jnp.ones(16, bool)})
   np.testing.assert_allclose(cached_loss, uncached_loss(params, jnp.asarray(scenes.images)),
                              rtol=1e-5, atol=1e-6)
   bf16 = mllm.encode_images(vit, vit_params, scenes.images, batch_size=8, dtype=jnp.bfloat16)
-  bf16_loss = setup.task.per_example_loss(
+  bf16_loss = loss(
       params, setup.task.frozen, {"vis": bf16, "tokens": tokens,
                                   "has_caption": jnp.ones(16, bool)})
   np.testing.assert_allclose(bf16_loss, cached_loss, rtol=0.05)

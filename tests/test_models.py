@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from conftest import FAST
 from fedjax_mm.models import mllm, vision
 from fedjax_mm.models.language import BOS, EOS, PAD, SEP, CausalLM, embedding_rms
 from fedjax_mm.models.projector import Projector, pool_tokens
 from fedjax_mm.models.vision import ViT, ViTClassifier
 
+# Every program here is tiny: compiled fast (tests/conftest.py's FAST).
+jit = functools.partial(jax.jit, **FAST)
 V, D, DV, N = 20, 16, 8, 16
 LM = CausalLM(vocab_size=V, width=D, depth=2, num_heads=2, mlp_dim=32, max_len=40)
 VIT = ViT(patch_size=8, width=DV, depth=1, num_heads=2, mlp_dim=16)
 ATTRS = ("shape", "color", "size")
-_lm_apply = jax.jit(LM.apply, static_argnames=("method",))
+_lm_apply = jit(LM.apply, static_argnames=("method",))
 
 
 @pytest.fixture(scope="module")
 def lm_params():
-  params = jax.jit(LM.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jit(LM.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   # Larger embeddings than the 0.02 init so the LM's outputs depend visibly on
   # its inputs (a stand-in for a trained LM).
   return jax.tree.map(lambda p: p * 20.0 if p.ndim == 2 and p.shape[0] in (V, 40) else p, params)
@@ -44,6 +49,8 @@ def _task(lm_params, **kw):
   task = mllm.fedma_task(LM, lm_params, vis_dim=DV, num_vis_tokens=N,
                          attribute_names=ATTRS, **kw)
   # Jitted: eager flax dispatches op by op, which dominates these tiny tests.
+  # (Plain jax.jit: these are also called inside other jits, where compiler
+  # options are refused.)
   return task._replace(init_trainable=jax.jit(task.init_trainable),
                        per_example_loss=jax.jit(task.per_example_loss),
                        per_example_metrics=jax.jit(task.per_example_metrics))
@@ -67,21 +74,25 @@ def test_vit_shapes():
 
 def test_patch_embeddings_are_convolutions():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-  conv = lambda k, stride, pad: jax.lax.conv_general_dilated(
-      x, k, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   k3 = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-  np.testing.assert_allclose(vision._im2col_3x3_stride2(x) @ k3.reshape(27, 5),
-                             conv(k3, 2, [(1, 1), (1, 1)]), rtol=1e-4, atol=1e-4)
   k4 = jax.random.normal(jax.random.key(2), (4, 4, 3, 5))
-  np.testing.assert_allclose(vision.extract_patches(x, 4, 4) @ k4.reshape(48, 5),
-                             conv(k4, 4, "VALID"), rtol=1e-4, atol=1e-4)
-  # Overlapping windows: centred on the stride grid, zero padded.
   k8 = jax.random.normal(jax.random.key(3), (8, 8, 3, 5))
-  patches = vision.extract_patches(x, 8, 4)
-  assert patches.shape == (2, 4, 4, 192)
-  want = conv(k8, 4, [(2, 2), (2, 2)])
-  got = patches @ jnp.transpose(k8, (2, 0, 1, 3)).reshape(192, 5)  # (C, kh, kw) order
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+  @jit  # one program: eagerly, every op of the patch extraction compiles on its own
+  def pairs(x, k3, k4, k8):
+    conv = lambda k, stride, pad: jax.lax.conv_general_dilated(
+        x, k, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # Overlapping windows: centred on the stride grid, zero padded.
+    patches = vision.extract_patches(x, 8, 4)
+    return [
+        (vision._im2col_3x3_stride2(x) @ k3.reshape(27, 5), conv(k3, 2, [(1, 1), (1, 1)])),
+        (vision.extract_patches(x, 4, 4) @ k4.reshape(48, 5), conv(k4, 4, "VALID")),
+        (patches @ jnp.transpose(k8, (2, 0, 1, 3)).reshape(192, 5),  # (C, kh, kw) order
+         conv(k8, 4, [(2, 2), (2, 2)]))]
+
+  assert jax.eval_shape(lambda x: vision.extract_patches(x, 8, 4), x).shape == (2, 4, 4, 192)
+  for got, want in pairs(x, k3, k4, k8):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_lm_shapes_and_causality(lm_params):
@@ -104,7 +115,7 @@ def test_captioning_loss_matches_numpy(lm_params):
   got = np.asarray(task.per_example_loss(trainable, task.frozen, batch))
   # By hand: [BOS] + projector(vis) + embed([SEP, w1 .. wk]) -> logits.
   proj = Projector(out_dim=D, output_scale=embedding_rms(lm_params).item())
-  prefix = jax.jit(proj.apply)({"params": trainable["projector"]}, batch["vis"])
+  prefix = jit(proj.apply)({"params": trainable["projector"]}, batch["vis"])
   tokens = np.asarray(batch["tokens"])
   b, l = tokens.shape
   text_in = np.concatenate([np.full((b, 1), SEP), tokens[:, :-1]], 1)
@@ -137,7 +148,7 @@ def test_token_layout_no_bos_two_sep_tokens(lm_params):
   tokens[:, 0] = 0                       # word 0 (= synthetic PAD) is a real target now
   got = np.asarray(task.per_example_loss(trainable, task.frozen, dict(batch, tokens=tokens)))
   proj = Projector(out_dim=D, output_scale=embedding_rms(lm_params).item())
-  prefix = jax.jit(proj.apply)({"params": trainable["projector"]}, batch["vis"])
+  prefix = jit(proj.apply)({"params": trainable["projector"]}, batch["vis"])
   b, l = tokens.shape
   text_in = np.concatenate([np.tile([7, 9], (b, 1)), tokens[:, :-1]], 1)
   emb = _lm_apply({"params": lm_params}, jnp.asarray(text_in), method=CausalLM.embed)
@@ -167,7 +178,7 @@ def test_loss_ignores_pad_and_missing_captions(lm_params):
   np.testing.assert_array_equal(np.asarray(loss)[[1, 3]], 0.0)
   np.testing.assert_allclose(np.asarray(loss)[[0, 2]], np.asarray(base)[[0, 2]], rtol=1e-6)
   # A row without caption contributes no gradient.
-  grad = jax.jit(lambda b: jax.grad(lambda t: task.per_example_loss(t, task.frozen, b)[1])(
+  grad = jit(lambda b: jax.grad(lambda t: task.per_example_loss(t, task.frozen, b)[1])(
       trainable))
   assert all(np.all(g == 0) for g in jax.tree.leaves(grad(missing)))
   assert any(np.any(g != 0) for g in jax.tree.leaves(grad(batch)))
@@ -193,7 +204,7 @@ def test_projector_init_scale_and_pooling():
   vis = jax.random.normal(jax.random.key(0), (64, N, 32))
   for kind in ("linear", "mlp2x_gelu"):
     proj = Projector(kind=kind, out_dim=64, output_scale=0.1)
-    out = jax.jit(proj.apply)(jax.jit(proj.init)(jax.random.key(1), vis), vis)
+    out = jit(proj.apply)(jit(proj.init)(jax.random.key(1), vis), vis)
     assert out.shape == (64, N, 64)
     rms = float(jnp.sqrt(jnp.mean(jnp.square(out))))
     assert 0.07 < rms < 0.14, (kind, rms)  # unit-scale inputs -> about output_scale
@@ -243,9 +254,9 @@ def test_probe_metrics_end_to_end(lm_params):
   probes = jnp.stack([tokens, changed, changed2, tokens], 1)
   batch = dict(batch, probes=probes, probe_attr=jnp.tile(jnp.array([[-1, 0, 1, 2]]), (4, 1)))
   model = mllm.MLLM(LM, Projector(out_dim=D, output_scale=embedding_rms(lm_params).item()))
-  scores = jax.jit(model.probe_scores, static_argnums=3)(
+  scores = jit(model.probe_scores, static_argnums=3)(
       trainable["projector"], lm_params, batch, "nll")
-  caption_loss = jax.jit(model.captioning_loss)
+  caption_loss = jit(model.captioning_loss)
   for p in range(4):
     caption = caption_loss(trainable["projector"], lm_params, dict(batch, tokens=probes[:, p]))
     np.testing.assert_allclose(scores[:, p], caption * jnp.sum(probes[:, p] != PAD, -1), rtol=1e-5)
@@ -283,9 +294,9 @@ def test_contrastive_matches_numpy(lm_params):
                valid=jnp.array([1, 1, 1, 1, 0, 1], bool))
   got = np.asarray(task.per_example_loss(trainable, task.frozen, batch))
   model = mllm.MLLM(LM, Projector(out_dim=D, output_scale=embedding_rms(lm_params).item()))
-  img = np.asarray(jax.jit(model.image_embedding)(trainable["projector"], batch["vis"]),
+  img = np.asarray(jit(model.image_embedding)(trainable["projector"], batch["vis"]),
                    np.float64)
-  txt = np.asarray(jax.jit(model.text_embedding)(lm_params, tokens), np.float64)
+  txt = np.asarray(jit(model.text_embedding)(lm_params, tokens), np.float64)
   use = np.array([1, 1, 0, 1, 0, 1], bool)
   allowed = np.ones((6, 6), bool)
   allowed[0, 5] = allowed[5, 0] = False
@@ -313,7 +324,7 @@ def test_contrastive_client_step_ignores_padded_rows(lm_params):
   padded = jax.tree.map(lambda a: jnp.concatenate([a, a[:1], a[:1]]), real)
   mask = jnp.array([1, 1, 1, 1, 0, 0], bool)
   tx = optax.sgd(1.0)
-  step = jax.jit(lambda batch, m: client.client_step(
+  step = jit(lambda batch, m: client.client_step(
       client.client_init(trainable, tx), batch, m, loss_fn=task.per_example_loss,
       frozen=task.frozen, tx=tx).params)
   want = step(real, jnp.ones((4,), bool))
@@ -328,10 +339,10 @@ def test_contrastive_client_step_ignores_padded_rows(lm_params):
 
 def test_encode_images_batched_and_bf16():
   images = jax.random.randint(jax.random.key(0), (7, 32, 32, 3), 0, 256).astype(jnp.uint8)
-  params = jax.jit(VIT.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = jit(VIT.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))["params"]
   full = mllm.encode_images(VIT, params, images, batch_size=7)
   assert full.shape == (7, 16, DV) and full.dtype == jnp.float32
-  vit_apply = jax.jit(VIT.apply)
+  vit_apply = jit(VIT.apply)
   one = jnp.concatenate([vit_apply({"params": params}, images[i:i + 1] / 255.0)
                          for i in range(7)])
   np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-5)

@@ -124,6 +124,9 @@ def test_traced_once_deterministic_resumable_and_padding_free(train, case, tmp_p
   chex.clear_trace_counter()
   h = _build(case, jit=False)
   h.fn = jax.jit(chex.assert_max_traces(h.fn, n=1), **FAST)
+  # Committed to the device, as an orbax restore commits: the resumed round
+  # then runs the same executable (uncommitted inputs would compile another).
+  h.state, h.pop = jax.device_put((h.state, h.pop), jax.devices()[0])
   a = h.run(train, 3)
   b = h.run(train, 3)
   assert h.fn._cache_size() == 1
@@ -140,6 +143,7 @@ def test_traced_once_deterministic_resumable_and_padding_free(train, case, tmp_p
   for x, y in zip(bits(h.run(train, 1, a[0], a[1])[:2]),
                   bits(h.run(train, 1, restored["server"], restored["population"])[:2])):
     np.testing.assert_array_equal(x, y)
+  assert h.fn._cache_size() == 1
   # Chunks of 3 pad the cohort of 7 with 2 weight-0 clients (id 0 repeated):
   # nothing of theirs may reach the aggregate, the metrics or the population.
   c = _build(case, chunk=3).run(train, 3)
