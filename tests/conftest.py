@@ -29,8 +29,10 @@ from fedjax_mm.types import Task
 K = 24
 COHORT = 7
 TASK = logreg.task(60, 10)
-# Compile fast (the rounds are tiny): XLA's backend optimizations cost more
-# compile time than they save here, and the checks are about semantics.
+# Compile fast (the rounds are tiny): XLA's backend optimizations and its CPU
+# fusion emitters cost more compile time than they save here (a contract
+# case's round: 2.2 s -> 0.9 s to compile, the same run time), and the checks
+# are about semantics, which neither changes.
 FAST = {"compiler_options": {"xla_backend_optimization_level": 0,
                                 "xla_cpu_use_fusion_emitters": False}}
 EPOCHS = federated.LocalSchedule("epochs", 6, 4, 1)
