@@ -31,6 +31,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import FAST
 from fedjax_mm import algorithms
 from fedjax_mm import client as client_lib
 from fedjax_mm.data import federated
@@ -44,7 +45,6 @@ W0 = np.array([0.5, -0.3, 0.2])
 # over float32 accumulation, and atol covers components that cross zero
 # (parameters and control variates are O(1) here).
 RTOL, ATOL = 1e-5, 1e-6
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 # --------------------------------------------------------------------------- setting
@@ -136,7 +136,7 @@ def round_fn(algorithm, spec, client_lr, server_lr, client_opt="sgd"):
     _ROUND_FNS[key] = jax.jit(
         round_lib.build_round_fn(QTASK, spec, optax.sgd(server_lr), factory, client_lr,
                                  algorithm=make_algorithm(*algorithm)),
-        compiler_options=COMPILER_OPTIONS)
+        **FAST)
   return _ROUND_FNS[key]
 
 
