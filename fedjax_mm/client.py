@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_mm.data import federated
-from fedjax_mm.types import Batch, ClientResult, PerExampleLossFn, PyTree
+from fedjax_mm.types import Batch, ClientResult, LinearInputsFn, PerExampleLossFn, PyTree
 
 CLIENT_OPTIMIZERS = ("sgd", "momentum", "adam")
 # learning rate (possibly traced, from a schedule over rounds) -> transform.
@@ -147,6 +147,7 @@ class LocalContext(NamedTuple):
     learning_rate: this round's client learning rate (a scalar).
     round: the round index (int32 scalar).
     example_mask: optional per-example trainability (see ``Task``).
+    linear_inputs: the task's optional linear-layer input hook (see ``Task``).
   """
 
   trainable: PyTree
@@ -159,6 +160,7 @@ class LocalContext(NamedTuple):
   learning_rate: jax.Array
   round: jax.Array
   example_mask: Callable[[Batch], jax.Array] | None = None
+  linear_inputs: LinearInputsFn | None = None
 
 
 class ClientSlot(NamedTuple):

@@ -28,6 +28,8 @@ Batch = Mapping[str, jax.Array]
 PerExampleLossFn = Callable[[PyTree, PyTree, Batch], jax.Array]
 # (trainable, frozen, batch) -> {metric name: per-example value [B]}.
 PerExampleMetricsFn = Callable[[PyTree, PyTree, Batch], Mapping[str, jax.Array]]
+# (trainable, frozen, batch) -> {kernel path "a/b/kernel": its layer's inputs [B, R, in]}.
+LinearInputsFn = Callable[[PyTree, PyTree, Batch], Mapping[str, jax.Array]]
 
 
 class Task(NamedTuple):
@@ -42,6 +44,14 @@ class Task(NamedTuple):
       summed per client and reported.
     example_mask: optional ``batch -> [B] bool``: examples that must not
       train (e.g. images without a caption); combined with the padding mask.
+    linear_inputs: optional ``(trainable, frozen, batch) -> {path: [B, R,
+      in]}``: for each linear layer ``y = x W`` of the trainable model (a
+      2-D kernel ``[in, out]`` named by its ``/``-joined path in the
+      trainable tree, e.g. ``"projector/fc1/kernel"``), the ``R`` input rows
+      ``x`` each example feeds it under ``trainable`` (``R = 1`` for a plain
+      feature vector, the tokens for a projector). Algorithms that merge
+      layers from their input Gram matrices (RegMean) need it; the
+      caller masks padded and ``example_mask``-ed examples.
   """
 
   init_trainable: Callable[[jax.Array], PyTree]
@@ -49,6 +59,7 @@ class Task(NamedTuple):
   per_example_loss: PerExampleLossFn
   per_example_metrics: PerExampleMetricsFn
   example_mask: Callable[[Batch], jax.Array] | None = None
+  linear_inputs: LinearInputsFn | None = None
 
 
 @struct.dataclass

@@ -97,6 +97,12 @@ TOLERANCES = {
     # (Davis-Kahan: rotation <= sqrt(2) |E| / gap), and the trim is not
     # rotation-invariant, so entries near zero move by a few 1e-6.
     "knots": dict(rtol=2e-5, atol=2e-5),
+    # RegMean solves (Σ G̃) Δ* = Σ G̃ Δ: the summation order perturbs both sums
+    # by <= 7 eps relative (7 clients), which the solve amplifies by the
+    # (Jacobi-scaled) condition number of Σ G̃, ~3e2 here (89 rows, 60
+    # features, α = 0.9): <= 2.5e-4 relative per round on kernels <= 0.3,
+    # and the next rounds' train loss moves with the kernels (rtol 1e-4).
+    "regmean": dict(rtol=1e-4, atol=2e-4),
 }
 
 

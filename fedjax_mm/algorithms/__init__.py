@@ -13,6 +13,7 @@ from fedjax_mm.algorithms import fedavg as _fedavg
 from fedjax_mm.algorithms import feddyn as _feddyn
 from fedjax_mm.algorithms import fednova as _fednova
 from fedjax_mm.algorithms import fedprox as _fedprox
+from fedjax_mm.algorithms import regmean as _regmean
 from fedjax_mm.algorithms import scaffold as _scaffold
 from fedjax_mm.algorithms.base import (Aggregates, Algorithm, ClientWork, ServerWork,
                                        local_training, stateless_server)
@@ -20,6 +21,7 @@ from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.algorithms.feddyn import feddyn
 from fedjax_mm.algorithms.fednova import fednova
 from fedjax_mm.algorithms.fedprox import fedprox
+from fedjax_mm.algorithms.regmean import regmean
 from fedjax_mm.algorithms.scaffold import scaffold
 from fedjax_mm.registry import Registry
 
@@ -29,7 +31,8 @@ ALGORITHMS = Registry("algorithm", [
     _scaffold.PART,
     _fednova.PART,
     _feddyn.PART,
+    _regmean.PART,
 ])
 
 __all__ = ["ALGORITHMS", "Aggregates", "Algorithm", "ClientWork", "ServerWork", "fedavg",
-           "feddyn", "fednova", "fedprox", "local_training", "scaffold", "stateless_server"]
+           "feddyn", "fednova", "fedprox", "local_training", "regmean", "scaffold", "stateless_server"]

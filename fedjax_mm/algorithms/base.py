@@ -27,7 +27,7 @@ from typing import Callable, Mapping, NamedTuple
 import jax
 
 from fedjax_mm import client as client_lib
-from fedjax_mm.types import ClientResult, PyTree
+from fedjax_mm.types import ClientResult, PyTree, Task
 
 Metrics = Mapping[str, jax.Array]
 # LocalContext, the client's state -> the correction hook of its local steps.
@@ -89,11 +89,31 @@ class ServerWork(NamedTuple):
 
 
 class Algorithm(NamedTuple):
-  """A federated algorithm: a name, its client work and its server work."""
+  """A federated algorithm: a name, its client work and its server work.
+
+  ``requires`` names the optional :class:`~fedjax_mm.types.Task` hooks the
+  algorithm reads (e.g. ``("linear_inputs",)``); building a round on a task
+  without one is refused (:func:`check_task_hooks`).
+  """
 
   name: str
   client: ClientWork
   server: ServerWork
+  requires: tuple[str, ...] = ()
+
+
+def check_task_hooks(algorithm: Algorithm, task: Task) -> None:
+  """Refuses a task that lacks a hook the algorithm requires.
+
+  Raises:
+    ValueError: ``"algorithm: <name> needs the task hook Task.<hook>, which
+      this task does not define; ..."``.
+  """
+  for hook in algorithm.requires:
+    if getattr(task, hook, None) is None:
+      raise ValueError(f"algorithm: {algorithm.name} needs the task hook Task.{hook}, which "
+                       "this task does not define; use a task that implements it (the "
+                       "logistic-regression and Fed-MA tasks do) or another algorithm")
 
 
 def no_state(_: PyTree) -> tuple:

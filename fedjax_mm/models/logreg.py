@@ -22,7 +22,8 @@ def task(num_features: int, num_classes: int) -> Task:
   """Logistic regression ``x -> softmax(x W + b)`` as a :class:`Task`.
 
   Parameters start at zero, as in the FedProx experiments. There is nothing
-  frozen, so ``frozen`` is an empty dict.
+  frozen, so ``frozen`` is an empty dict. Its one linear layer's input is
+  the feature vector (``linear_inputs``: ``"logreg/w"`` -> ``x [B, 1, F]``).
   """
 
   def init_trainable(key: jax.Array) -> PyTree:
@@ -43,6 +44,10 @@ def task(num_features: int, num_classes: int) -> Task:
         "accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32),
     }
 
+  def linear_inputs(trainable: PyTree, frozen: PyTree, batch: Batch):
+    del trainable, frozen
+    return {"logreg/w": batch["x"][:, None, :].astype(jnp.float32)}
+
   return Task(init_trainable=init_trainable, frozen={},
               per_example_loss=per_example_loss,
-              per_example_metrics=per_example_metrics)
+              per_example_metrics=per_example_metrics, linear_inputs=linear_inputs)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from fedjax_mm.models.alignment_metrics import alignment_metrics  # noqa: F401  (re-exported)
 from fedjax_mm.models.language import CausalLM, embedding_rms
 from fedjax_mm.models.mllm_objectives import MLLM, TokenLayout
-from fedjax_mm.models.projector import Projector
+from fedjax_mm.models.projector import Projector, layer_inputs
 from fedjax_mm.models.vision import ViT
 from fedjax_mm.types import Batch, PyTree, Task
 
@@ -68,9 +68,11 @@ def fedma_task(lm: CausalLM, lm_params: PyTree, *, vis_dim: int, num_vis_tokens:
 
   Returns:
     A :class:`Task` with ``trainable = {'projector': params}`` and ``frozen =
-    {'lm': lm_params}``. ``per_example_loss`` is 0 for ``has_caption=False``
-    rows: the caller must fold ``has_caption`` into the batch mask so those
-    rows do not dilute the mean. Metrics (both objectives): ``loss`` (caption
+    {'lm': lm_params}``; its ``linear_inputs`` gives the projector layers'
+    input rows (:func:`~fedjax_mm.models.projector.layer_inputs`).
+    ``per_example_loss`` is 0 for ``has_caption=False`` rows: the caller must
+    fold ``has_caption`` into the batch mask so those rows do not dilute the
+    mean. Metrics (both objectives): ``loss`` (caption
     NLL per token), ``accuracy`` and ``acc_<name>``/``n_<name>`` from ranking
     ``probes`` by total NLL (captioning) or by similarity (contrastive).
   """
@@ -97,8 +99,14 @@ def fedma_task(lm: CausalLM, lm_params: PyTree, *, vis_dim: int, num_vis_tokens:
     return model.metrics(trainable["projector"], frozen["lm"], batch,
                          attribute_names=tuple(attribute_names), score=score)
 
+  def linear_inputs(trainable: PyTree, frozen: PyTree, batch: Batch):
+    del frozen
+    inputs = layer_inputs(projector_kind, pool_to, trainable["projector"], batch["vis"])
+    return {f"projector/{name}/kernel": x for name, x in inputs.items()}
+
   return Task(init_trainable=init_trainable, frozen={"lm": lm_params},
-              per_example_loss=per_example_loss, per_example_metrics=per_example_metrics)
+              per_example_loss=per_example_loss, per_example_metrics=per_example_metrics,
+              linear_inputs=linear_inputs)
 
 
 @functools.partial(jax.jit, static_argnames=("vit", "dtype"))

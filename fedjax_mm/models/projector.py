@@ -58,6 +58,21 @@ def pool_tokens(tokens: jax.Array, pool_to: int | None) -> jax.Array:
   return tokens.reshape(b, pool_to, n // pool_to, d).mean(axis=2)
 
 
+def layer_inputs(kind: str, pool_to: int | None, params, vis: jax.Array) -> dict[str, jax.Array]:
+  """Each Dense layer's input rows under ``params``: ``{"fc1"|"out": [B, N', in]}``.
+
+  What :class:`Projector` feeds its layers (the pooled float32 tokens, then
+  for ``mlp2x_gelu`` the GELU of ``fc1``), for merging methods that need the
+  layers' input Gram matrices (RegMean). Kept beside ``__call__``, which it
+  mirrors; a test checks ``out``'s rows reproduce the module's output.
+  """
+  x = pool_tokens(vis.astype(jnp.float32), pool_to)
+  if kind == "linear":
+    return {"out": x}
+  hidden = nn.gelu(x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+  return {"fc1": x, "out": hidden}
+
+
 class Projector(nn.Module):
   """Vision tokens ``[B, N, Dv]`` -> LM-space prefix ``[B, N', D_lm]``.
 

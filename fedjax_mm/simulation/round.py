@@ -28,7 +28,7 @@ from fedjax_mm import client as client_lib
 from fedjax_mm.aggregation.base import (Aggregator, CohortAggregator, Preprocessor,
                                         check_stack_fits)
 from fedjax_mm.aggregation.mean import weighted_mean
-from fedjax_mm.algorithms.base import Aggregates, Algorithm
+from fedjax_mm.algorithms.base import Aggregates, Algorithm, check_task_hooks
 from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import mesh as mesh_lib
@@ -111,9 +111,11 @@ def build_round_fn(
     weights out of the compiled program's constants).
 
   Raises:
-    ValueError: a whole-cohort aggregator whose stack exceeds the cap.
+    ValueError: a whole-cohort aggregator whose stack exceeds the cap, or a
+      task without a hook the algorithm requires.
   """
   algorithm = algorithm or fedavg()
+  check_task_hooks(algorithm, task)
   aggregator = aggregator or weighted_mean()
   state_rule = state_rule or population.participation_stats()
   num_devices = mesh.size if mesh is not None else 1
@@ -151,7 +153,7 @@ def build_round_fn(
         trainable=state.trainable, broadcast=algorithm.server.broadcast(state.algorithm),
         frozen=frozen, examples=data.examples, schedule=spec.schedule,
         loss_fn=task.per_example_loss, tx=client_optimizer(lr), learning_rate=lr,
-        round=state.round, example_mask=task.example_mask)
+        round=state.round, example_mask=task.example_mask, linear_inputs=task.linear_inputs)
 
     def one_client(c, client_state, stats, pre_states):
       slot = client_lib.ClientSlot(id=c["id"], offset=c["offset"], size=c["size"],
