@@ -35,4 +35,5 @@ ALGORITHMS = Registry("algorithm", [
 ])
 
 __all__ = ["ALGORITHMS", "Aggregates", "Algorithm", "ClientWork", "ServerWork", "fedavg",
-           "feddyn", "fednova", "fedprox", "local_training", "regmean", "scaffold", "stateless_server"]
+           "feddyn", "fednova", "fedprox", "local_training", "regmean", "scaffold",
+           "stateless_server"]

@@ -39,11 +39,14 @@ wrappers, as SCAFFOLD's and FedDyn's extras do: RegMean is not a DP method.
 References:
   Jin, Ren, Preotiuc-Pietro, Cheng, "Dataless Knowledge Fusion by Merging
   Weights of Language Models", ICLR 2023; arXiv:2212.09849 (Sec. 3, the
-  closed form and the off-diagonal scaling α; α = 0.9 is our default, the
-  value commonly used with it).
+  closed form and the off-diagonal scaling α, a tuned hyper-parameter
+  there; our default α = 0.9 is a common choice of public
+  re-implementations, others use 1.0, no scaling).
 """
 
 from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +62,7 @@ from fedjax_mm.types import PyTree
 GRAM, GRAM_DELTA = "gram", "gram_delta"
 
 
-def path_name(path) -> str:
+def path_name(path: Sequence[Any]) -> str:
   """A ``jax.tree_util`` key path as ``"a/b/kernel"`` (the hook's naming)."""
   def part(key):
     for attr in ("key", "name", "idx"):
@@ -69,7 +72,7 @@ def path_name(path) -> str:
   return "/".join(part(k) for k in path)
 
 
-def kernels_at(tree: PyTree, names) -> dict[str, jax.Array]:
+def kernels_at(tree: PyTree, names: Iterable[str]) -> dict[str, jax.Array]:
   """The leaves of ``tree`` named by ``names``; each must be a 2-D kernel.
 
   Raises:
@@ -146,8 +149,8 @@ def solve_merged(gram_sum: jax.Array, gram_delta_sum: jax.Array, ridge: float) -
   # but float32 LU then loses accuracy only with the condition number of the
   # scaled matrix (input coordinates' energies differ by orders of magnitude).
   diag = jnp.diag(a)
-  s = jnp.where(diag > 0, jax.lax.rsqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)
-  return s[:, None] * jnp.linalg.solve(s[:, None] * a * s[None, :], s[:, None] * gram_delta_sum)
+  s = jnp.where(diag > 0, jax.lax.rsqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)[:, None]
+  return s * jnp.linalg.solve(s * a * s.T, s * gram_delta_sum)
 
 
 def regmean(alpha: float = 0.9, ridge: float = 1e-5) -> Algorithm:
