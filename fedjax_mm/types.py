@@ -76,8 +76,14 @@ class ServerState:
     aggregator: the aggregator's state carried across rounds; ``()`` when
       it has none.
     last_update: the update the server applied last round (zeros before
-      the first), for the round-to-round oscillation metric
-      ``update_cosine``; ``()`` turns the metric off.
+      the first), for the round-to-round metric ``update_cosine``; ``()``
+      turns the metric off.
+    last_pseudo_gradient: the pseudo-gradient the server transform received
+      last round (zeros before the first), for ``pseudo_gradient_cosine``
+      (``simulation/trajectory.py``); ``()`` turns the metric off.
+    path_length: float32 scalar, the sum of the applied updates' L2 norms
+      so far (the path efficiency's denominator, carried so that a resumed
+      run continues it); ``()`` turns the path metrics off.
   """
 
   round: jax.Array
@@ -87,6 +93,8 @@ class ServerState:
   algorithm: PyTree = ()
   aggregator: PyTree = ()
   last_update: PyTree = ()
+  last_pseudo_gradient: PyTree = ()
+  path_length: jax.Array | tuple = ()
 
 
 @struct.dataclass

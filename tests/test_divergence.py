@@ -60,7 +60,8 @@ def test_finite_updates_that_the_custom_weights_overflow_blame_the_weights(tmp_p
 
 
 def _record(r, loss, update=1.0, step=1.0, delta=1.0, nonfinite=0):
-  return {"round": r, "train_loss": loss, "update_norm": update, "server_step_norm": step,
+  return {"round": r, "train_loss": loss, "pseudo_gradient_norm": update,
+          "server_step_norm": step,
           "mean_client_delta_norm": delta, "num_nonfinite_clients": nonfinite}
 
 

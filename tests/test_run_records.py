@@ -150,3 +150,12 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog):
   for key in ("train_loss", "eval_loss", "update_norm"):
     assert again["final"][key] == pytest.approx(first["final"][key], rel=1e-6), key
   assert len(metrics.read(tmp_path)) == 4
+  # The trajectory diagnostics (trajectory.py) in every record and the summary;
+  # the path continues from round 2's restored length against the same W_0
+  # (the round-0 state): bit for bit, as it ran uninterrupted.
+  path = ("path_length", "distance_from_init", "path_efficiency")
+  keys = {"pseudo_gradient_cosine", "pseudo_gradient_norm", "update_norm", *path}
+  assert all(keys <= set(r) for r in metrics.read(tmp_path)) and keys <= set(again["final"])
+  assert 0 < first["final"]["path_efficiency"] <= 1 + 1e-6   # float32 rounding of D / L
+  for key in path:
+    assert again["final"][key] == first["final"][key], key

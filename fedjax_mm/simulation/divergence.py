@@ -7,7 +7,8 @@ float precision (update norm 0.0). :func:`check_round` therefore stops a run
 on any of
 
 * every client of the round excluded for NaN/Inf (the model cannot move);
-* a non-finite training loss, aggregated update norm or server step norm,
+* a non-finite training loss, aggregated update norm (``pseudo_gradient_norm``,
+  what the server transform received) or server step norm,
   or non-finite global parameters;
 * a training loss above ``config.divergence_factor`` (default
   :data:`DEFAULT_FACTOR`) times the run's first positive training loss,
@@ -106,7 +107,8 @@ def _trigger(record, history, params_finite: bool, factor: float, cohort: int) -
   if record.get("num_nonfinite_clients", 0) >= cohort:
     return (f"all {cohort} clients sent NaN/Inf updates and were excluded, so the model "
             "cannot move")
-  for key, what in (("train_loss", "training loss"), ("update_norm", "aggregated update norm")):
+  for key, what in (("train_loss", "training loss"),
+                    ("pseudo_gradient_norm", "aggregated update norm")):
     if not _finite(record.get(key, 0.0)):
       return f"{what} is {record.get(key)}"
   # NaN here means "not tracked" (see server_stats); a NaN step shows in the params.
@@ -123,7 +125,7 @@ def _trigger(record, history, params_finite: bool, factor: float, cohort: int) -
 
 def _server_gain(record: Mapping[str, Any]) -> float | None:
   """Server step / aggregated update of one round (None when undefined)."""
-  step, update = record.get("server_step_norm"), record.get("update_norm")
+  step, update = record.get("server_step_norm"), record.get("pseudo_gradient_norm")
   if not _finite(update) or update <= 0 or step is None or math.isnan(step):
     return None
   return step / update
@@ -144,7 +146,7 @@ def _cause(record, history, config: ml_collections.ConfigDict) -> str:
     return (f"the clients' updates were finite but the server step of round {r} was "
             f"{gain:.3g}x the aggregated update: lower server.learning_rate "
             f"(now {config.server.learning_rate})")
-  if not _finite(record.get("update_norm", 0.0)):
+  if not _finite(record.get("pseudo_gradient_norm", 0.0)):
     if config.aggregation.weighting == "custom":
       return (f"finite client updates summed to a non-finite aggregate with the custom "
               f"weights of {config.aggregation.custom_weights_path}: rescale or fix them")
@@ -159,7 +161,7 @@ def check_round(record: Mapping[str, Any], config: ml_collections.ConfigDict,
 
   Args:
     record: the round's metrics (``round``, ``train_loss``,
-      ``num_nonfinite_clients``; ``update_norm``, ``mean_client_delta_norm``,
+      ``num_nonfinite_clients``; ``pseudo_gradient_norm``, ``mean_client_delta_norm``,
       ``server_step_norm`` when present).
     config: the run config (``clients_per_round``, the learning rates, the
       weighting; ``divergence_factor`` if set).

@@ -3,8 +3,9 @@
 Reads top to bottom: validate the config; build data, model, optimizers and
 the jitted round; restore the latest checkpoint if the workdir has one; run
 rounds with a progress bar, evaluating and checkpointing as configured (each
-round checked for divergence, ``divergence.py``, and counted when it had no
-row that can train); write ``metrics.jsonl``, ``summary.json`` and the final
+round checked for divergence, ``divergence.py``, counted when it had no row
+that can train, and its path efficiency taken against the round-0 parameters,
+``trajectory.py``); write ``metrics.jsonl``, ``summary.json`` and the final
 checkpoint. A damaged latest checkpoint falls back to the newest good one
 (``resume.py``).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 import numpy as np
@@ -28,7 +30,7 @@ from fedjax_mm.data import federated
 from fedjax_mm.simulation import builders, divergence
 from fedjax_mm.simulation import mesh as mesh_lib
 from fedjax_mm.simulation import round as round_lib
-from fedjax_mm.simulation import resume, run_config
+from fedjax_mm.simulation import resume, run_config, trajectory
 from fedjax_mm.simulation import validation
 
 
@@ -164,6 +166,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               algorithm=parts.algorithm,
                                               preprocessors=parts.preprocessors),
   }, mesh)
+  # W_0 of the path efficiency: the round-0 trainable (from the config, so a
+  # resumed run gets the same one), copied before the round donates it.
+  initial_trainable = jax.tree.map(jnp.copy, run_state["server"].trainable)
   history: list[dict[str, Any]] = []
   start_round = 0
   if resuming:
@@ -195,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     record = {"round": r + 1, **metrics_lib.to_python(jax.device_get(round_metrics))}
     stats = jax.device_get(divergence.server_stats(server))
     record["server_step_norm"] = float(stats["server_step_norm"])
+    record.update(trajectory.path_record(server, initial_trainable))
     record["no_trainable_rows"] = _no_trainable_rows(record)
     train_seconds += time.perf_counter() - tick
     try:

@@ -34,7 +34,9 @@ def init_server_state(task: Task, server_tx: optax.GradientTransformation, seed:
                      opt_state=server_tx.init(trainable), rng=root,
                      algorithm=algorithm.server.init(trainable),
                      aggregator=aggregator.init(trainable),
-                     last_update=optax.tree.zeros_like(trainable))
+                     last_update=optax.tree.zeros_like(trainable),
+                     last_pseudo_gradient=optax.tree.zeros_like(trainable),
+                     path_length=jnp.zeros((), jnp.float32))
 
 
 def init_population(task: Task, num_clients: int, *, algorithm: Algorithm | None = None,

@@ -5,7 +5,8 @@ state, run the algorithm's client work vmapped over the chunk (sharded over
 ``"clients"``), exclude NaN/Inf uploads, preprocess each upload (vmapped,
 keyed), then stream the chunk into a streaming aggregator (or stack it for a
 whole-cohort one), sum the named extras, scatter the state back -> aggregate
--> the algorithm's server work -> server optax transform. Shapes depend only
+-> the algorithm's server work -> server optax transform (``server_step.py``,
+with the trajectory diagnostics of ``trajectory.py``). Shapes depend only
 on static settings, so the function is traced once whatever the cohort and
 the clients' sizes. No algorithm, aggregator or part metric is named here:
 parts report metrics, merged as ``"<part name>/<metric>"``.
@@ -32,7 +33,7 @@ from fedjax_mm.algorithms.base import Aggregates, Algorithm, check_task_hooks
 from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import mesh as mesh_lib
-from fedjax_mm.simulation import population
+from fedjax_mm.simulation import population, server_step
 # The spec, the key scheme and the round-0 state live beside; re-exported: part of this API.
 from fedjax_mm.simulation.cohort import (RoundSpec, aggregator_key, client_key, cohort_ids,
                                          preprocess_key, round_key)
@@ -54,12 +55,6 @@ def _prefixed(name: str, metrics) -> dict[str, jax.Array]:
 def _all_finite(tree: PyTree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
-
-
-def _cosine(a: PyTree, b: PyTree) -> jax.Array:
-  """cos(a, b) over whole pytrees; 0 when either is zero (e.g. the first round)."""
-  norms = optax.tree.norm(a) * optax.tree.norm(b)
-  return jnp.where(norms > 0, optax.tree.vdot(a, b) / jnp.maximum(norms, 1e-30), 0.0)
 
 
 def _exclude_nonfinite(result: ClientResult, new_state: PyTree, old_state: PyTree):
@@ -237,30 +232,8 @@ def build_round_fn(
                             weight_sum=sums["weight"], num_counted=sums["counted"],
                             num_clients=spec.num_clients,
                             population_weight=jnp.sum(agg_weights.astype(jnp.float32)))
-    server_delta, alg_state, alg_metrics = algorithm.server.finalize(
-        state.algorithm, aggregates)
-    # Transforms that take extra arguments (optax.chain always does) get the
-    # aggregator's new state: Fed-CMP's momentum reads the round's basis there.
-    extra = ({"aggregator_state": agg_state}
-             if isinstance(server_tx, optax.GradientTransformationExtraArgs) else {})
-    updates, opt_state = server_tx.update(server_delta, state.opt_state, state.trainable,
-                                          **extra)
-    # No usable update this round (all excluded or weightless): keep the
-    # server as it was. The driver stops a run whose clients all failed.
-    has_update = (sums["counted"] > 0) & (sums["weight"] > 0)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(has_update, n, o), new, old)
-    tracking = not (isinstance(state.last_update, tuple) and not state.last_update)
-    new_state = state.replace(
-        round=state.round + 1,
-        trainable=keep(optax.apply_updates(state.trainable, updates), state.trainable),
-        opt_state=keep(opt_state, state.opt_state),
-        algorithm=keep(alg_state, state.algorithm),
-        aggregator=keep(agg_state, state.aggregator),
-        last_update=keep(updates, state.last_update) if tracking else ())
-    # Oscillation of the server's trajectory: cosine between this round's
-    # applied update and last round's (negative = the projector swings back).
-    oscillation = ({"update_cosine": _cosine(updates, state.last_update)}
-                   if tracking else {})
+    new_state, server_metrics, alg_metrics = server_step.server_step(
+        state, aggregates, agg_state, algorithm=algorithm, server_tx=server_tx)
     num_counted = jnp.maximum(sums["counted"], 1)
     part_means = {k: v / num_counted for k, v in sums.items() if "/" in k}
     metrics = {
@@ -268,11 +241,10 @@ def build_round_fn(
         "client_steps": sums["client_steps"],
         "num_nonfinite_clients": sums["nonfinite"],
         "num_counted_clients": sums["counted"],
-        "update_norm": optax.tree.norm(server_delta),
         "mean_client_delta_norm": sums["delta_norm"] / num_counted,
         "rows_used_fraction": sums["rows_covered"] / jnp.maximum(sums["rows"], 1),
         "client_lr": lr,
-        **oscillation,
+        **server_metrics,
         **part_means,
         **_prefixed(aggregator.name, agg_metrics),
         **_prefixed(algorithm.name, alg_metrics),
