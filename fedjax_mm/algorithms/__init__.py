@@ -9,15 +9,19 @@ the contract suite follow from the registry. The round is not edited.
 
 from __future__ import annotations
 
+from fedjax_mm.algorithms import fedacg as _fedacg
 from fedjax_mm.algorithms import fedavg as _fedavg
 from fedjax_mm.algorithms import feddyn as _feddyn
+from fedjax_mm.algorithms import fedexp as _fedexp
 from fedjax_mm.algorithms import fednova as _fednova
 from fedjax_mm.algorithms import fedprox as _fedprox
 from fedjax_mm.algorithms import scaffold as _scaffold
 from fedjax_mm.algorithms.base import (Aggregates, Algorithm, ClientWork, ServerWork,
                                        local_training, stateless_server)
+from fedjax_mm.algorithms.fedacg import fedacg
 from fedjax_mm.algorithms.fedavg import fedavg
 from fedjax_mm.algorithms.feddyn import feddyn
+from fedjax_mm.algorithms.fedexp import fedexp
 from fedjax_mm.algorithms.fednova import fednova
 from fedjax_mm.algorithms.fedprox import fedprox
 from fedjax_mm.algorithms.scaffold import scaffold
@@ -29,7 +33,10 @@ ALGORITHMS = Registry("algorithm", [
     _scaffold.PART,
     _fednova.PART,
     _feddyn.PART,
+    _fedexp.PART,
+    _fedacg.PART,
 ])
 
-__all__ = ["ALGORITHMS", "Aggregates", "Algorithm", "ClientWork", "ServerWork", "fedavg",
-           "feddyn", "fednova", "fedprox", "local_training", "scaffold", "stateless_server"]
+__all__ = ["ALGORITHMS", "Aggregates", "Algorithm", "ClientWork", "ServerWork", "fedacg",
+           "fedavg", "feddyn", "fedexp", "fednova", "fedprox", "local_training", "scaffold",
+           "stateless_server"]
