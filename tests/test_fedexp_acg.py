@@ -15,6 +15,7 @@ slots) and one data shape (30 rows), so each algorithm setting compiles once.
 """
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,11 @@ import optax
 import pytest
 
 from conftest import build
+from fedjax_mm import config_files, configuration
 from fedjax_mm.algorithms import ALGORITHMS, fedacg, fedavg, fedexp
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import round as round_lib
+from fedjax_mm.simulation import validation
 from fedjax_mm.types import Task
 
 DIM = 3
@@ -244,3 +247,21 @@ def test_fedacg_without_momentum_and_regularization_is_fedavg_bit_exact():
 def test_fedacg_rejects_bad_options(options, message):
   with pytest.raises(ValueError, match=message):
     ALGORITHMS.make("fedacg", **options)
+
+
+# --------------------------------------------------------------------------- config paths
+
+@pytest.mark.parametrize("kind,option,value,rule", [
+    ("fedexp", "eps", 0.0, r"must be a finite number > 0, got 0\.0"),
+    ("fedacg", "momentum", 1.0, r"must be a finite number in \[0, 1\), got 1\.0"),
+    ("fedacg", "beta", -1.0, r"must be a finite number >= 0, got -1\.0"),
+])
+def test_a_bad_option_in_a_config_is_named_by_its_path(kind, option, value, rule):
+  config = config_files.load(pathlib.Path(__file__).resolve().parents[1] / "configs"
+                             / "synthetic.py")
+  config.algorithm.kind = kind
+  validation.validate(config)   # the defaults are valid: the option is the cause
+  config.algorithm[kind][option] = value
+  with pytest.raises(configuration.ConfigError,
+                     match=rf"^config\.algorithm\.{kind}\.{option}: {rule}$"):
+    validation.validate(config)
