@@ -121,7 +121,10 @@ def normalized(weights, ids):
 # --------------------------------------------------------------------------- FedExP
 
 def reference_fedexp(pop, cohorts, weights, eps):
-  """Algorithm 1: ``eta = max(1, sum p ||D_i||^2 / (2 (||sum p D_i||^2 + eps)))``; ``w -= eta D``."""
+  """Algorithm 1, weights p: ``w -= eta D``, ``D = sum p D_i``,
+
+  ``eta = max(1, sum p ||D_i||^2 / (2 (||D||^2 + eps)))``; returns (w, eta per round).
+  """
   w, etas = W0.copy(), []
   for ids in cohorts:
     deltas = np.array([w - local_gd(lambda y, k=k: pop.grad(k, y), w, STEPS[k], LR)

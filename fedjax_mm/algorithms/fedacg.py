@@ -24,9 +24,9 @@ on top would be a second momentum). ``v`` is the algorithm's server state
 local objective is FedProx's with ``μ = β`` around the lookahead, so the
 client work is FedProx's started from ``w̃_t``. ``λ = β = 0`` is FedAvg.
 
-Defaults: ``λ = 0.85`` (the paper and the authors' code); ``β = 0.001``
-(the paper's value for β/2-scaled term as written above; the authors' code
-weighs ``‖θ − w̃‖²`` without the 1/2 by 1e-3, i.e. β = 0.002 here).
+Defaults: ``λ = 0.85`` (the paper and the authors' code) and ``β = 0.001``.
+The authors' code weighs ``‖θ − w̃‖²`` by 1e-3 without the 1/2, which is
+``β = 0.002`` in the ``β/2`` form above: set ``beta`` accordingly to match it.
 Aggregators that receive the global parameters (``aggregate(..., global
 params)``) are given ``w``, not the lookahead the deltas are relative to.
 

@@ -20,7 +20,8 @@ optimizer still applies; ``server.kind=fedavg`` at learning rate 1
 the extra ``weighted_sq_norm`` (a scalar; the round sums extras over the
 counted clients); it is the norm of the client's own update, before the
 preprocess chain (clipping, compression) and outside any aggregator wrapper
-(secure sum, central noise), which the aggregate ``Σ p_i Δ_i`` does go through.
+(secure sum, central noise), which the aggregate ``Σ p_i Δ_i`` does go through:
+under DP or secure aggregation it is an unprotected extra upload.
 
 ``ε`` is in squared-update units: once ‖Σ p_i Δ_i‖² ≪ ε the rule is
 ``max(1, small)``, i.e. FedAvg. Differences from the authors' code (not the
