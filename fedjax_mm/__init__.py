@@ -9,8 +9,8 @@ from fedjax_mm.aggregation import (AGGREGATORS, PREPROCESSORS, CohortAggregator,
                                    Preprocessor, StreamingAggregator, coordinate_median,
                                    geometric_median, krum, l2_clip, trimmed_mean,
                                    weighted_mean)
-from fedjax_mm.algorithms import (ALGORITHMS, Algorithm, ClientWork, ServerWork, fedavg,
-                                  feddyn, fednova, fedprox, scaffold)
+from fedjax_mm.algorithms import (ALGORITHMS, Algorithm, ClientWork, ServerWork, fedacg,
+                                  fedavg, feddyn, fedexp, fednova, fedprox, scaffold)
 from fedjax_mm.client import (ClientSlot, LocalContext, local_steps, local_update,
                               make_client_optimizer, train_on_batches)
 from fedjax_mm.data.federated import (FederatedData, LocalSchedule, pack, sample_cohort,
