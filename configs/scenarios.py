@@ -13,6 +13,12 @@ Presets (the argument after the colon):
   domain       1,000 clients, each holding images of one rendering domain only
   one_pass     cross-device: 15,000 small power-law clients, 100 per round, one
                local epoch, each client drawn once: no example is seen twice
+  one_pass_concept  one_pass with Dirichlet(0.1) concept skew: heterogeneous
+               clients seen once each (where Fed-CMP's abstract places both
+               of its problems: interference and oscillation)
+  quantity     1,000 IID clients with power-law sizes (exponent 1.1, mean 40
+               rows), one local epoch capped at 25 steps: the clients' local
+               work differs by up to 25x (FedNova's objective inconsistency)
   silos        8 large silos, all in every round, one caption style each,
                3 of them keeping only 10% of their captions (mostly unpaired)
   iid          1,000 IID clients: not a scenario but the budget check (at a
@@ -32,7 +38,8 @@ import ml_collections
 from fedjax_mm import config_files
 
 NUM_ROUNDS = 150
-PRESETS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos", "iid")
+PRESETS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "one_pass_concept", "quantity",
+           "silos", "iid")
 
 # one_pass: one pass over the population in the round budget needs
 # K >= num_rounds x C; 1% participation would allow only 100 rounds, so the
@@ -69,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.partition.alpha = float(preset.split("_")[1])
   elif preset in ("domain", "iid"):
     config = _fedma(preset)
-  elif preset == "one_pass":
-    config = _fedma("iid")
+  elif preset in ("one_pass", "one_pass_concept"):
+    config = _fedma("iid" if preset == "one_pass" else "dirichlet")
     config.clients_per_round = ONE_PASS_COHORT
     config.sampling = "one_pass"
     d = config.data
@@ -89,6 +96,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 100 x 20 x 2 matches fedma's per-round cost.
     config.local.batch_size = 2
     config.local.num_steps = 20
+  elif preset == "quantity":
+    config = _fedma("iid")
+    config.data.partition.quantity = "power_law"
+    # Exponent 1.1: a heavier tail than one_pass's 1.5 (min 4 rows, mean ~40).
+    config.data.partition.quantity_exponent = 1.1
+    config.local.mode = "epochs"
+    config.local.num_epochs = 1
+    # One epoch of batches of 8, capped at 25 steps (200 rows): a 4-row
+    # client takes 1 step, a 200-row one 25.
+    config.local.num_steps = 25
   else:  # silos
     config = _fedma("style")              # IID concepts, one caption style per client
     config.clients_per_round = 8

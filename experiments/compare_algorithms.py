@@ -1,19 +1,21 @@
-"""Fed-CMP against the baselines on the four scenarios of `configs/scenarios.py`.
+"""Fed-CMP against the baselines on the scenarios of `configs/scenarios.py`.
 
 For every scenario: the floor (untrained projector), two centralized
-references (the federated run's example budget; and its number of
-sequential steps, rounds x the mean client's local steps, in batches of
-``--central-batch``), and every method of ``--methods``
-(``fedjax_mm.experiment.methods``) at the same budget (rounds x local
-steps x examples). Each method is tuned on the same relative grid of its own
-learning rate (x1/3, x1, x3 of its default) on seed 0; the best is then run
-on the other seeds. Writes ``compare.md`` / ``compare.json`` (mean ± std over
-seeds of alignment accuracy, per-attribute accuracy, caption loss, worst-10%
-client accuracy, the oscillation of the server's trajectory, the grid and the
-chosen value) and one plot per scenario (accuracy vs round, ±std shaded),
-plus the oscillation curve (cosine between consecutive server updates).
-Ablations of Fed-CMP run on ``--ablation-scenarios`` at its chosen rate; the
-budget check runs FedAvg and FedAvgM on IID clients at the same budget.
+references (the example-gradients one federated run computes, and its number
+of sequential steps, rounds x the mean client's local steps, in batches of
+``--central-batch``; both tuned over Adam's learning rate), and every method
+of ``--methods`` (``fedjax_mm.experiment.methods``) at the same budget. The
+protocol (``fedjax_mm.experiment.comparison``): each method is tuned on a
+log-spaced 2-D grid (clients' x server's learning rate, or merging scale),
+widened until the best point is interior, selected on validation clients
+averaged over 2 selection seeds; the chosen point runs on ``--seeds`` fresh
+report seeds, paired across methods, evaluated on disjoint test clients.
+Writes ``compare.md`` / ``compare.json`` (accuracy mean ± std over seeds,
+bootstrap intervals over clients, paired t-tests against the best baseline
+with Holm's correction, a Friedman/Nemenyi ranking across scenarios, the
+pseudo-gradient cosine and path efficiency of each trajectory) and one plot
+per scenario. Ablations of Fed-CMP run on ``--ablation-scenarios`` at its
+chosen point, on the same report seeds.
 
   python experiments/compare_algorithms.py --quick --workers 2     # < 20 min on 2 cores
   python experiments/compare_algorithms.py --scale small --workers 2   # hours; resumable
@@ -21,8 +23,8 @@ budget check runs FedAvg and FedAvgM on IID clients at the same budget.
   python experiments/compare_algorithms.py --scenarios one_pass --methods fedavg,fedcmp
 
 ``--scale small`` is the quick size (``fedjax_mm.experiment.comparison.SMALL``)
-with the full protocol (every method, tuning, 3 seeds, ablations); the default ``presets`` runs the
-scenarios as configured (150 rounds of 100 clients; ~40 h on a 2-core CPU).
+with the full protocol (every method, tuning, 5 report seeds, ablations); the default
+``presets`` runs the scenarios as configured (150 rounds of 100 clients: a GPU job).
 Every finished run is kept under ``--workdir`` (``result.json``): a killed
 experiment resumes where it stopped (and the driver resumes a killed run
 from its checkpoint). ``--workers N`` runs N processes over the same work
@@ -41,20 +43,40 @@ from pathlib import Path
 
 import jax
 
-from fedjax_mm.experiment import comparison, compare_report, methods
+from fedjax_mm.experiment import comparison, compare_report, methods, overrides, protocol
 from fedjax_mm.simulation import mesh, validation
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "silos")
+SCENARIOS = ("concept_0.1", "concept_0.5", "domain", "one_pass", "one_pass_concept",
+             "quantity", "silos")
 # The budget check: the same budget on IID clients (one seed, default lrs).
 # Where IID clients reach the centralized reference, the scenarios' gap to it
 # is heterogeneity; where they do not, part of it is budget.
 BUDGET_CHECK = ("iid", ("fedavg", "fedavgm"))
-# --quick: one seed, no tuning, the small scale (comparison.SMALL), five
-# methods (Fed-CMP, its nearest relative KnOTS, and the FedAvg, FedAvgM and
-# FedAdam baselines); no ablations, no budget check.
+# --quick: one report seed, no tuning, the small scale (comparison.SMALL),
+# five methods (Fed-CMP, its nearest relative KnOTS, and the FedAvg, FedAvgM
+# and FedAdam baselines); no ablations, no budget check.
 QUICK = {"rounds": comparison.SMALL["rounds"],
          "methods": "fedavg,fedavgm,fedadam,knots,fedcmp", "ablation_scenarios": ""}
+
+
+def schedule_overrides(schedule: str, rounds: int) -> list[str]:
+  """``--schedule``'s config overrides (the warmup is 10% of the ``rounds``)."""
+  if schedule == "constant":
+    return []
+  return [f"{side}.{field}" for side in ("client", "server") for field in
+          (f"schedule={schedule}", f"warmup_rounds={max(rounds // 10, 1)}")]
+
+
+def cpu_name() -> str:
+  """The CPU model (``/proc/cpuinfo``), named in the report: numbers depend on the machine."""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
 
 
 def spawn_workers(count: int) -> list[subprocess.Popen]:
@@ -83,8 +105,11 @@ def main() -> None:
   parser.add_argument("--ablation-scenarios", default=None,
                       help=f"default: one_pass ({QUICK['ablation_scenarios'] or 'none'} "
                            "with --quick)")
-  parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--no-tune", action="store_true", help="each method's default lr only")
+  parser.add_argument("--seeds", type=int, default=5, help="report seeds (fresh, paired)")
+  parser.add_argument("--no-tune", action="store_true", help="each method's default point only")
+  parser.add_argument("--schedule", choices=("constant", "warmup_cosine"), default="constant",
+                      help="the clients' and the server's learning-rate schedule "
+                           "(warmup_cosine: 10%% of the rounds warmup, then cosine to 0)")
   parser.add_argument("--quick", action="store_true",
                       help="one seed, no tuning, a fifth of the work per round, "
                            f"{QUICK['rounds']} rounds (see QUICK)")
@@ -107,6 +132,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.workers < 1:
     parser.error(f"--workers: must be >= 1, got {args.workers}")
+  if args.seeds < 1:
+    parser.error(f"--seeds: must be >= 1, got {args.seeds}")
   if args.methods is None:
     args.methods = methods.parse_methods(QUICK["methods"] if args.quick else
                                          ",".join(methods.COMPARED))
@@ -119,6 +146,7 @@ def main() -> None:
   def base_config(name: str):
     base = comparison.scenario_config(name, scale=args.scale, rounds=args.rounds,
                                       override=args.override)
+    base = overrides.apply(base, schedule_overrides(args.schedule, base.num_rounds))
     validation.validate(base)
     return base
 
@@ -129,16 +157,22 @@ def main() -> None:
     parser.error(str(e))
   workers = spawn_workers(args.workers) if args.workers > 1 and not args.worker else []
   mesh.use_cpu_cores()                  # before any JAX computation
-  workdir = Path(args.workdir) / ("quick" if args.quick else f"full-{args.scale}")
+  # A budget or schedule of its own gets its own runs (and report files).
+  variant = (("" if not args.rounds else f"-r{args.rounds}")
+             + ("" if args.schedule == "constant" else f"-{args.schedule}"))
+  workdir = Path(args.workdir) / (("quick" if args.quick else f"full-{args.scale}") + variant)
   # Seeds and grid points of one method compile to the same program.
   jax.config.update("jax_compilation_cache_dir", str(Path(args.workdir) / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  seeds = 1 if args.quick else args.seeds
+  seeds = protocol.report_seeds(1 if args.quick else args.seeds)
   tune = not (args.quick or args.no_tune)
   started = time.perf_counter()
-  report = {"settings": {"quick": args.quick, "scale": args.scale, "seeds": seeds, "tuned": tune,
-                         "grid": methods.GRID, "devices": jax.device_count(),
-                         "workers": args.workers}, "scenarios": {}}
+  report = {"settings": {"quick": args.quick, "scale": args.scale, "report_seeds": seeds,
+                         "selection_seeds": protocol.SELECTION_SEEDS if tune else (),
+                         "tuned": tune, "schedule": args.schedule,
+                         "devices": jax.device_count(), "workers": args.workers,
+                         "cpu": cpu_name(), "argv": " ".join(sys.argv[1:])},
+            "scenarios": {}}
   towers: dict = {}
   entries: dict = {}
   # Worker r starts r/workers of the way down the list (wrapping round), so the
@@ -159,7 +193,7 @@ def main() -> None:
     print(f"== budget check: {name}", flush=True)
     report["budget_check"] = comparison.run_scenario(
         comparison.Scenario(name, base_config(name), towers), list(keys), workdir,
-        central_batch=args.central_batch, seeds=1, tune=False)
+        central_batch=args.central_batch, seeds=seeds[:1], tune=False)
   for worker in workers:
     if worker.wait():
       raise SystemExit(f"a worker failed (exit {worker.returncode}); rerun to resume")
@@ -168,7 +202,7 @@ def main() -> None:
   report["settings"]["wall_seconds"] = time.perf_counter() - started
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  stem = "compare_quick" if args.quick else "compare"
+  stem = ("compare_quick" if args.quick else "compare") + variant.replace("-", "_")
   (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
   (out / f"{stem}.md").write_text(compare_report.markdown(report))
   compare_report.plots(report, out, stem)

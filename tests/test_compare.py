@@ -56,10 +56,10 @@ def test_run_one_reads_finished_runs_and_skips_claimed_ones(tmp_path):
   done, held = tmp_path / "done", tmp_path / "held"
   done.mkdir()
   (done / "result.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
-  assert comparison.run_one(None, done, None) == {"final": {"accuracy": 0.5}}
+  assert comparison.run_one(None, done, None, "test") == {"final": {"accuracy": 0.5}}
   held.mkdir()
   (held / "claim").write_text("1")
-  assert comparison.run_one(None, held, None) is None     # another worker's: pending
+  assert comparison.run_one(None, held, None, "test") is None     # another worker's: pending
   assert not (held / "result.json").exists()
 
 

@@ -149,17 +149,23 @@ def test_a_newly_registered_part_is_labelled_without_an_edit(demo, monkeypatch):
 # ------------------------------------------------------------------ the method table
 
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
-def test_every_method_validates_on_the_demo_config_at_every_grid_point(demo, name):
+def test_every_method_validates_on_the_demo_config_at_its_grids_corners(demo, name):
   method = methods.METHODS[name]
-  lr = method.default_lr(demo)
-  for g in methods.GRID:
-    validation.validate(overrides.apply_values(demo, {**method.overrides, method.tuned: lr * g}))
+  centers = {path: method.default(demo, path) for path in method.axes}
+  for scale in (1 / 27, 27.0):    # the widened grid's ends: 3 ** (1 + 2)
+    values = {path: c * scale for path, c in centers.items()}
+    validation.validate(overrides.apply_values(demo, {**method.overrides, **values}))
 
 
 def test_the_tuned_rate_is_the_methods_own_else_the_configs(demo):
-  assert methods.METHODS["fedadam"].default_lr(demo) == 0.01          # its override
-  assert methods.METHODS["fedavg"].default_lr(demo) == demo.client.learning_rate
-  assert methods.METHODS["ties"].default_lr(demo) == demo.aggregation.ties.scale == 1.0
+  assert methods.METHODS["fedadam"].default(demo, "server.learning_rate") == 0.01   # override
+  assert methods.METHODS["fedavg"].default(demo, "client.learning_rate") \
+      == demo.client.learning_rate
+  assert methods.METHODS["ties"].default(demo, "aggregation.ties.scale") \
+      == demo.aggregation.ties.scale == 1.0
+  # Every method is tuned on the clients' rate and its own step knob (2-D).
+  assert all(len(m.axes) == 2 and m.axes[0] == "client.learning_rate"
+             for m in methods.METHODS.values())
   assert set(methods.COMPARED) | set(methods.ABLATIONS) <= set(methods.METHODS)
   assert not set(methods.COMPARED) & set(methods.ABLATIONS)
 
@@ -213,15 +219,41 @@ def _budget_config(demo, **local):
 
 def test_the_example_budget_by_hand(demo):
   config = _budget_config(demo)
-  assert references.example_budget(config) == 3 * 4 * 5 * 2 == 120
-  assert references.budget_steps(config, 7) == 17        # 120 // 7
-  assert references.budget_steps(config, 64) == 1        # 120 // 64
-  assert references.budget_steps(config, 200) == 1       # under one batch: still one step
+  big = SimpleNamespace(sizes=np.array([5, 9, 30]))      # every client holds >= a batch
+  assert references.example_budget(config, big) == 3 * 4 * 5 * 2 == 120
+  assert references.budget_steps(config, big, 7) == 17        # 120 // 7
+  assert references.budget_steps(config, big, 64) == 1        # 120 // 64
+  assert references.budget_steps(config, big, 200) == 1       # under one batch: still one step
+  # A client of 1 row fills one slot a step (steps mode): 5, 10, 10 -> mean 25/3.
+  small = SimpleNamespace(sizes=np.array([1, 9, 30]))
+  assert references.example_budget(config, small) == round(3 * 4 * 25 / 3) == 100
+  # Epochs mode, 1 epoch, batches of 2, 5 steps: clients of 3, 10 and 1 rows
+  # compute 3, 10 (5 steps x 2 = the whole pass) and 1 -> mean 14/3, not the
+  # cap's 5 x 2 = 10; x 3 rounds x 4 clients = 56.
+  epochs = _budget_config(demo, mode="epochs", num_epochs=1)
+  tiny = SimpleNamespace(sizes=np.array([3, 10, 1]))
+  assert references.example_budget(epochs, tiny) == 56
+  # 2 epochs: 6, 10 (capped: 5 steps of 2) and 2 -> 18/3 = 6 a client.
+  assert references.example_budget(_budget_config(demo, mode="epochs", num_epochs=2),
+                                   tiny) == 72
   assert references.sequential_steps(config, None) == 15   # steps mode: 3 rounds x 5
   # Epochs mode: 2 epochs of batches of 2 over clients of 3, 10 and 1 rows need
   # 4, 10 (capped at 5) and 2 steps; their mean 11/3 rounds to 4; x 3 rounds.
-  epochs = _budget_config(demo, mode="epochs", num_epochs=2)
-  assert references.sequential_steps(epochs, SimpleNamespace(sizes=np.array([3, 10, 1]))) == 12
+  two = _budget_config(demo, mode="epochs", num_epochs=2)
+  assert references.sequential_steps(two, SimpleNamespace(sizes=np.array([3, 10, 1]))) == 12
+  # Size sampling weights by rows: (3*3 + 10*10 + 1*1) / 14 a client.
+  sized = _with(epochs, sampling="size")
+  assert references.example_budget(sized, tiny) == round(12 * 110 / 14)
+
+
+@pytest.mark.parametrize("mode,epochs", [("steps", 1), ("epochs", 1), ("epochs", 3)])
+def test_example_gradients_are_the_local_plans_filled_slots(mode, epochs):
+  # The budget's closed form against the engine's own plan (what clients compute).
+  schedule = federated.LocalSchedule(mode, 6, 4, epochs)
+  sizes = np.array([0, 1, 3, 4, 5, 9, 17, 40])
+  plans = [federated.client_plan(jnp.int32(n), jax.random.key(0), schedule)[1] for n in sizes]
+  np.testing.assert_array_equal(references.example_gradients(sizes, schedule),
+                                [int(np.sum(mask)) for mask in plans])
 
 
 def test_the_centralized_reference_trains_from_the_floor_on_the_budget(demo):

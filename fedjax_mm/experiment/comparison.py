@@ -1,10 +1,18 @@
-"""The comparison's runs: scenarios, each method's grid and seeds, references, all resumable.
+"""The comparison's runs: scenarios, each method's tuned point and seeds, references, resumable.
+
+The protocol (:mod:`fedjax_mm.experiment.protocol`, :mod:`~.tuning`): every
+method is tuned on a log-spaced grid over its axes (the clients' learning
+rate x the server's, or a merging scale), widened until the best point is
+interior, each point scored on the validation clients averaged over the
+selection seeds; the chosen point then runs on the fresh report seeds,
+evaluated on the test clients (disjoint from the validation ones), with each
+client's accuracy kept for bootstrap intervals. The centralized references
+are tuned the same way over Adam's learning rate.
 
 Every run is kept in its own directory under the experiment's work directory
-(``<scenario>/<method>/lr<value>/seed<k>/result.json``, the references in
-``<scenario>/references/references.json``) through
-:mod:`fedjax_mm.experiment.workdirs`, so workers share the work and an
-interrupted experiment resumes. Used by ``experiments/compare_algorithms.py``.
+(``<scenario>/<method>/<point>/<sel|test><seed>/result.json``, references
+under ``<scenario>/references/``) through :mod:`fedjax_mm.experiment.workdirs`,
+so workers share the work and an interrupted experiment resumes.
 """
 
 from __future__ import annotations
@@ -14,22 +22,25 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
 from fedjax_mm import config_files, metrics as metrics_lib
+from fedjax_mm.data import federated
 from fedjax_mm.experiment import methods as methods_lib
-from fedjax_mm.experiment import overrides, references, workdirs
+from fedjax_mm.experiment import overrides, protocol, references, tuning, workdirs
 from fedjax_mm.setups import fedma
 from fedjax_mm.simulation import driver, validation
 
 ROOT = Path(__file__).resolve().parents[2]
-# --quick / --scale small: 30 rounds of 800 example-gradients (a fifth of the
-# presets' 4,000: 20 clients, or the 8 silos with batches of 10 x 10 steps and
-# 1,000 rows each), evaluation on 100 clients (one_pass: all of them).
+# --quick / --scale small: 30 rounds of about 800 example-gradients (a fifth of
+# the presets' 4,000: 20 clients, or the 8 silos with batches of 10 x 10 steps
+# and 1,000 rows each), validation and test on 100 clients each.
 SMALL = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000}
+SPLITS = ("validation", "test")
 
 
 def scenario_config(name: str, *, scale: str, rounds: int | None = None,
@@ -37,7 +48,7 @@ def scenario_config(name: str, *, scale: str, rounds: int | None = None,
   """``configs/scenarios.py:<name>`` at ``scale`` ("presets" or "small"), then ``override``."""
   config = config_files.load(ROOT / "configs/scenarios.py", name)
   if scale == "small":
-    config.num_rounds = SMALL["rounds"]
+    config.num_rounds = rounds or SMALL["rounds"]   # before one_pass sizes its population
     if config.clients_per_round > SMALL["clients_per_round"]:
       config.clients_per_round = SMALL["clients_per_round"]
     else:   # the silos: all clients every round, smaller local work and test sets
@@ -45,7 +56,7 @@ def scenario_config(name: str, *, scale: str, rounds: int | None = None,
       config.data.examples_per_client = SMALL["silo_examples"]
     if config.sampling == "one_pass":
       # One pass over a population sized to the budget; its clients hold ~2
-      # test rows each, so all of them are evaluated.
+      # test rows each, so all of them are evaluated (half validate, half test).
       config.data.num_clients = config.num_rounds * config.clients_per_round
       config.data.eval_clients = 0
     elif config.data.eval_clients > SMALL["eval_clients"]:
@@ -55,10 +66,10 @@ def scenario_config(name: str, *, scale: str, rounds: int | None = None,
   return overrides.apply(config, override)
 
 
-def method_config(base: ml_collections.ConfigDict, method: methods_lib.Method, lr: float
-                  ) -> ml_collections.ConfigDict:
-  """``base`` with the method's overrides and its tuned learning rate ``lr``, validated."""
-  config = overrides.apply_values(base, {**method.overrides, method.tuned: lr})
+def method_config(base: ml_collections.ConfigDict, method: methods_lib.Method,
+                  values: Mapping[str, float], seed: int) -> ml_collections.ConfigDict:
+  """``base`` with the method's overrides, the grid point's ``values`` and ``seed``, validated."""
+  config = overrides.apply_values(base, {**method.overrides, **values, "seed": seed})
   validation.validate(config)
   return config
 
@@ -69,41 +80,75 @@ def accuracy(result: dict) -> float:
 
 
 class Scenario:
-  """One scenario's base config, with its data built only when a run needs it."""
+  """One scenario's base config and data (built once, when a run first needs it).
+
+  The data is built with every client's test rows; :meth:`setup` then keeps
+  the validation or the test clients (:func:`protocol.evaluation_split`).
+  """
 
   def __init__(self, name: str, base: ml_collections.ConfigDict, towers: dict):
-    self.name, self.base, self._towers, self._setup = name, base, towers, None
+    self.name, self.base, self._towers = name, base, towers
+    self._setup, self._split, self._splits, self._evaluators = None, None, {}, {}
     self.data_seconds = 0.0
 
-  @property
-  def setup(self):
+  def _build(self):
     if self._setup is None:
       if "towers" not in self._towers:   # shared by every scenario
         self._towers["towers"] = fedma.build_towers(self.base)
       tick = time.perf_counter()
-      self._setup = fedma.build(self.base, pretrained=self._towers["towers"])
+      every = overrides.apply_values(self.base, {"data.eval_clients": 0})
+      self._setup = fedma.build(every, pretrained=self._towers["towers"], progress=False)
+      self._split = protocol.evaluation_split(np.asarray(self._setup.test.sizes),
+                                              self.base.data.eval_clients, self.base.seed)
       self.data_seconds = time.perf_counter() - tick
     return self._setup
 
+  def setup(self, split: str):
+    """The scenario's setup evaluated on the ``split`` ("validation" or "test") clients."""
+    if split not in self._splits:
+      full = self._build()
+      ids = getattr(self._split, split)
+      self._splits[split] = full._replace(
+          test=federated.select_clients(full.test, ids),
+          info={**full.info, "eval_split": split, "eval_clients": len(ids)})
+    return self._splits[split]
 
-def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario) -> dict | None:
+  def evaluator(self, split: str) -> references.Evaluate:
+    if split not in self._evaluators:
+      s = self.setup(split)
+      self._evaluators[split] = references.evaluator(
+          s.task, s.test, self.base.eval_batch_size, per_client=split == "test")
+    return self._evaluators[split]
+
+
+def _diagnostics(history: list[dict]) -> dict:
+  """The run's trajectory: applied-update and pseudo-gradient cosines, path efficiency."""
+  last = history[-1] if history else {}
+  return {"cosine": [h.get("update_cosine") for h in history],
+          "pg_cosine": [h.get("pseudo_gradient_cosine") for h in history],
+          "path_efficiency": last.get("path_efficiency")}
+
+
+def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario,
+            split: str) -> dict | None:
   """One federated run, kept in ``rundir/result.json`` (None: another worker has it)."""
 
   def compute() -> dict:
     tick = time.perf_counter()
     try:
-      summary = driver.train_and_evaluate(config, str(rundir), setup=scenario.setup,
-                                          progress=False)
+      summary, trainable = driver.train_and_evaluate(
+          config, str(rundir), setup=scenario.setup(split), progress=False,
+          return_trainable=True)
     except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
-      result = {"diverged": str(e), "final": {}, "curve": [], "cosine": []}
+      result = {"diverged": str(e), "final": {}, "curve": []}
     else:
       history = metrics_lib.read(rundir)
-      result = {
-          "final": {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")},
-          "curve": [(h["round"], h["eval_accuracy"]) for h in history
-                    if "eval_accuracy" in h],
-          "cosine": [h.get("update_cosine", float("nan")) for h in history],
-      }
+      final = {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")}
+      if split == "test":   # the same numbers, plus each client's accuracy
+        final = scenario.evaluator(split)(jax.device_put(trainable))
+      result = {"final": final, **_diagnostics(history),
+                "curve": [(h["round"], h["eval_accuracy"]) for h in history
+                          if "eval_accuracy" in h]}
     for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
       shutil.rmtree(ckpt, ignore_errors=True)
     return {**result, "seconds": time.perf_counter() - tick, "pid": os.getpid()}
@@ -111,77 +156,130 @@ def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario)
   return workdirs.kept(rundir, "result.json", compute)
 
 
-def scenario_references(config: ml_collections.ConfigDict, setup, batch: int) -> dict:
-  """Floor and the two centralized references (same examples; same sequential steps)."""
-  evaluate = references.evaluator(setup.task, setup.test, config.eval_batch_size)
-  out = {"floor": references.floor(setup.task, config.seed, evaluate).summary}
-  for name, steps in (("centralized, same examples", references.budget_steps(config, batch)),
-                      ("centralized, same sequential steps",
-                       references.sequential_steps(config, setup.train))):
-    ref = references.centralized(config, setup.task, setup.train, evaluate, batch_size=batch,
-                                 num_steps=steps)
-    out[name] = {**ref.summary, "steps": ref.steps}
+RunAt = Callable[[tuning.Point, int, str, Path], "dict | None"]
+
+
+def tuned_runs(axes: Sequence[tuning.Axis], run_at: RunAt, base: Path, *, tune: bool,
+               seeds: Sequence[int], point: tuning.Point | None = None) -> dict | None:
+  """Select a point (unless given), then run it on the report ``seeds``; None while pending.
+
+  ``run_at(point, seed, split, rundir)`` runs (or reads back) one run.
+  """
+  search = None
+  if point is None and tune:
+    def score(p: tuning.Point) -> float | None:
+      runs = [run_at(p, s, "validation", base / tuning.point_name(p) / f"sel{s}")
+              for s in protocol.SELECTION_SEEDS]
+      return None if any(r is None for r in runs) else float(np.mean([accuracy(r)
+                                                                        for r in runs]))
+    search = tuning.search(len(axes), score)
+    if search.pending:
+      return None
+    point = search.chosen
+  point = point if point is not None else (0,) * len(axes)
+  runs = [run_at(point, s, "test", base / tuning.point_name(point) / f"test{s}") for s in seeds]
+  if any(r is None for r in runs):
+    return None
+  grid = {}
+  if search is not None:
+    grid = {tuning.point_name(p): {"values": tuning.values(axes, p), "score": s}
+            for p, s in sorted(search.scores.items())}
+  return {"axes": [a.path for a in axes], "point": list(point),
+          "chosen": tuning.values(axes, point), "grid": grid,
+          "edges": list(search.edges) if search else [None] * len(axes), "runs": runs}
+
+
+def method_runs(scenario: Scenario, key: str, workdir: Path, *, seeds: Sequence[int],
+                tune: bool, point: tuning.Point | None = None) -> dict | None:
+  """A method's tuned point and its report runs (``point``: given, e.g. an ablation's)."""
+  method = methods_lib.METHODS[key]
+  axes = [tuning.Axis(path, method.default(scenario.base, path)) for path in method.axes]
+
+  def run_at(p, seed, split, rundir):
+    config = method_config(scenario.base, method, tuning.values(axes, p), seed)
+    return run_one(config, rundir, scenario, split)
+
+  out = tuned_runs(axes, run_at, workdir / scenario.name / key, tune=tune, seeds=seeds,
+                   point=point)
+  if out is not None:
+    out.update(label=method.label, ablation=key in methods_lib.ABLATIONS)
   return out
 
 
-def method_runs(scenario: Scenario, key: str, workdir: Path, *, seeds: int, tune: bool,
-                chosen_cmp: float | None) -> dict | None:
-  """A method's grid (seed 0) and its best point on every seed; None while pending.
+REFERENCES = ("centralized, same examples", "centralized, same sequential steps")
 
-  Pending: another worker holds one of its runs, or (an ablation) Fed-CMP's
-  learning rate is not chosen yet. Every run this process can take is done.
+
+def reference_runs(scenario: Scenario, workdir: Path, *, central_batch: int,
+                   seeds: Sequence[int], tune: bool) -> dict | None:
+  """The floor and the two centralized references, each tuned over Adam's learning rate.
+
+  "same examples": as many example-gradients as one federated run computes
+  (:func:`references.example_budget`), in batches of ``central_batch``; "same
+  sequential steps": rounds x the mean client's local steps. None while pending.
   """
-  method = methods_lib.METHODS[key]
-  is_ablation = key in methods_lib.ABLATIONS
-  center = method.default_lr(scenario.base)
-  grid = [center * g for g in methods_lib.GRID] if tune and not is_ablation else [center]
-  if is_ablation and chosen_cmp is not None:
-    grid = [chosen_cmp]
-  base = workdir / scenario.name / key
-  trials = {lr: run_one(method_config(scenario.base, method, lr),
-                        base / f"lr{lr:.4g}" / "seed0", scenario) for lr in grid}
-  if any(r is None for r in trials.values()):
+  base, setup = scenario.base, scenario.setup("test")
+  budget = references.example_budget(base, setup.train)
+  steps = {REFERENCES[0]: max(budget // central_batch, 1),
+           REFERENCES[1]: references.sequential_steps(base, setup.train)}
+  axes = [tuning.Axis("client.learning_rate", float(base.client.learning_rate))]
+  out = {"example_budget": budget, "examples_per_round": budget / base.num_rounds}
+  floor = workdirs.kept(workdir / scenario.name / "references" / "floor", "result.json",
+                        lambda: {"final": references.floor(
+                            setup.task, seeds[0], scenario.evaluator("test")).summary})
+  for name in REFERENCES:
+    def run_at(p, seed, split, rundir, name=name):
+      def compute():
+        tick = time.perf_counter()
+        config = overrides.apply_values(base, {"seed": seed})
+        ref = references.centralized(config, setup.task, setup.train,
+                                     scenario.evaluator(split), batch_size=central_batch,
+                                     num_steps=steps[name],
+                                     learning_rate=tuning.values(axes, p)[axes[0].path])
+        return {"final": ref.summary, "steps": ref.steps,
+                "seconds": time.perf_counter() - tick}
+      return workdirs.kept(rundir, "result.json", compute)
+    key = "same_examples" if name == REFERENCES[0] else "same_steps"
+    out[name] = tuned_runs(axes, run_at, workdir / scenario.name / "references" / key,
+                           tune=tune, seeds=seeds)
+  if floor is None or any(out[name] is None for name in REFERENCES):
     return None
-  best = max(trials, key=lambda lr: accuracy(trials[lr]))
-  runs = [trials[best]]
-  for seed in range(1, seeds):
-    config = method_config(scenario.base, method, best)
-    config.seed = seed
-    runs.append(run_one(config, base / f"lr{best:.4g}" / f"seed{seed}", scenario))
-  if any(r is None for r in runs):
-    return None
-  return {"label": method.label, "tuned": method.tuned,
-          "grid": {f"{lr:.4g}": accuracy(r) for lr, r in trials.items()},
-          "chosen": best, "ablation": is_ablation, "runs": runs}
+  out["floor"] = floor
+  return out
 
 
 def run_scenario(scenario: Scenario, keys: Sequence[str], workdir: Path, *, central_batch: int,
-                 seeds: int, tune: bool, poll_s: float = 5.0) -> dict:
-  """Every run of one scenario (shared with other workers), then its report entry."""
+                 seeds: Sequence[int], tune: bool, poll_s: float = 5.0) -> dict:
+  """Every run of one scenario (shared with other workers), then its report entry.
+
+  Ablations run at Fed-CMP's chosen point (so they pair with it by seed); they
+  wait for it when "fedcmp" is among ``keys``.
+  """
   base = scenario.base
   while True:
-    refs = workdirs.kept(workdir / scenario.name / "references", "references.json",
-                         lambda: scenario_references(base, scenario.setup, central_batch))
+    refs = reference_runs(scenario, workdir, central_batch=central_batch, seeds=seeds,
+                          tune=tune)
     entries: dict[str, dict | None] = {}
     for key in keys:
-      chosen = entries["fedcmp"]["chosen"] if entries.get("fedcmp") else None
-      if key in methods_lib.ABLATIONS and "fedcmp" in keys and chosen is None:
-        entries[key] = None          # at Fed-CMP's learning rate, once it is chosen
+      cmp_point = tuple(entries["fedcmp"]["point"]) if entries.get("fedcmp") else None
+      if key in methods_lib.ABLATIONS and "fedcmp" in keys and cmp_point is None:
+        entries[key] = None          # at Fed-CMP's point, once it is chosen
         continue
       entries[key] = method_runs(scenario, key, workdir, seeds=seeds, tune=tune,
-                                 chosen_cmp=chosen)
+                                 point=cmp_point if key in methods_lib.ABLATIONS else None)
     if refs is not None and all(e is not None for e in entries.values()):
       break
     time.sleep(poll_s)    # the rest is held by other workers: wait for their results
   _print_entries(entries)
   return {"rounds": base.num_rounds, "clients": base.data.num_clients,
           "per_round": base.clients_per_round, "local_steps": base.local.num_steps,
-          "batch": base.local.batch_size, "data_seconds": scenario.data_seconds,
-          "references": refs, "methods": entries}
+          "batch": base.local.batch_size, "local_mode": base.local.mode,
+          "eval_clients": {s: len(getattr(scenario._split, s)) for s in SPLITS},
+          "data_seconds": scenario.data_seconds, "references": refs, "methods": entries}
 
 
 def _print_entries(entries: Mapping[str, dict]) -> None:
   for entry in entries.values():
     accs = [accuracy(r) for r in entry["runs"]]
-    print(f"  {entry['label']:45s} lr {entry['chosen']:.4g}: acc {np.mean(accs):.4f} "
+    chosen = ", ".join(f"{k.split('.')[-2]} {v:.3g}" for k, v in entry["chosen"].items())
+    print(f"  {entry['label']:45s} {chosen}: acc {np.mean(accs):.4f} "
           f"(+- {np.std(accs):.4f}), {sum(r['seconds'] for r in entry['runs']):.0f}s")

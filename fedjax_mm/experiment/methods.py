@@ -5,10 +5,10 @@ One table for every experiment: the demos (``experiments/fedma_demo.py``,
 and the comparison (``experiments/compare_algorithms.py``) runs the entries
 of :data:`COMPARED` and :data:`ABLATIONS`. A method is a set of config
 overrides on top of the experiment's config (then the command line's
-``--override`` on top of that), plus the one learning rate it is tuned on:
-its own primary knob (the client's for methods that change client work or
-aggregation, the server's for server optimizers). The comparison tunes it on
-:data:`GRID` times its default.
+``--override`` on top of that), plus the rates it is tuned on: the clients'
+learning rate and the method's own step knob (the server's learning rate, or
+a merging method's scale), so every method gets the same two-dimensional
+log-spaced grid (:mod:`fedjax_mm.experiment.tuning`) around its defaults.
 """
 
 from __future__ import annotations
@@ -18,29 +18,27 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import ml_collections
 
-GRID = (1 / 3, 1.0, 3.0)   # the same relative grid for every method
-
-
 class Method(NamedTuple):
   """One named method.
 
   Attributes:
     overrides: ``{config path: value}`` applied to the experiment's config.
-    tuned: the config path of the learning rate the method is tuned on.
+    axes: the config paths of the rates the method is tuned on (the grid's
+      axes, centered on the defaults).
     label: the comparison's name for it (the demos label a row by what ran,
       :func:`fedjax_mm.experiment.labels.method_label`).
   """
 
   overrides: Mapping[str, Any]
-  tuned: str
+  axes: tuple[str, ...]
   label: str
 
-  def default_lr(self, base_config: ml_collections.ConfigDict) -> float:
-    """The tuned learning rate's value: this method's override, else the base config's."""
-    if self.tuned in self.overrides:
-      return float(self.overrides[self.tuned])
+  def default(self, base_config: ml_collections.ConfigDict, path: str) -> float:
+    """A tuned field's default: this method's override, else the base config's."""
+    if path in self.overrides:
+      return float(self.overrides[path])
     node = base_config
-    for part in self.tuned.split("."):
+    for part in path.split("."):
       node = node[part]
     return float(node)
 
@@ -57,51 +55,61 @@ _FEDCMP = {"aggregation.kind": "canonical", "aggregation.canonical.rank": 32,
            "aggregation.canonical.temperature": 0.1,
            "server.kind": "opm", "server.opm.momentum": 0.9, "server.learning_rate": 1.0}
 _CLIENT_LR, _SERVER_LR = "client.learning_rate", "server.learning_rate"
+_RATES = (_CLIENT_LR, _SERVER_LR)   # the clients' step x the server's step
 
 METHODS: Mapping[str, Method] = {
-    "fedavg": Method({}, _CLIENT_LR, "FedAvg"),
+    "fedavg": Method({}, _RATES, "FedAvg"),
     "fedavgm": Method({"server.kind": "fedavgm", "server.learning_rate": 1.0,
-                       "server.fedavgm.momentum": 0.9}, _SERVER_LR, "FedAvgM"),
-    "fedadam": Method(_FEDADAM, _SERVER_LR, "FedAdam"),
-    "fedyogi": Method({**_FEDADAM, "server.kind": "fedyogi"}, _SERVER_LR, "FedYogi"),
-    "fedprox": Method({"algorithm.kind": "fedprox", "algorithm.fedprox.mu": 0.01}, _CLIENT_LR,
+                       "server.fedavgm.momentum": 0.9}, _RATES, "FedAvgM"),
+    "fedadam": Method(_FEDADAM, _RATES, "FedAdam"),
+    "fedyogi": Method({**_FEDADAM, "server.kind": "fedyogi"}, _RATES, "FedYogi"),
+    "fedprox": Method({"algorithm.kind": "fedprox", "algorithm.fedprox.mu": 0.01}, _RATES,
                       "FedProx (mu 0.01)"),
-    "fedavg_sgd": Method(_SGD, _CLIENT_LR, "FedAvg (SGD clients)"),
-    "scaffold": Method({"algorithm.kind": "scaffold", **_SGD}, _CLIENT_LR,
+    "fedavg_sgd": Method(_SGD, _RATES, "FedAvg (SGD clients)"),
+    "scaffold": Method({"algorithm.kind": "scaffold", **_SGD}, _RATES,
                        "SCAFFOLD (SGD clients)"),
-    "fednova": Method({"algorithm.kind": "fednova", **_SGD}, _CLIENT_LR,
+    "fednova": Method({"algorithm.kind": "fednova", **_SGD}, _RATES,
                       "FedNova (SGD clients)"),
-    "ties": Method({"aggregation.kind": "ties"}, "aggregation.ties.scale",
+    "ties": Method({"aggregation.kind": "ties"}, (_CLIENT_LR, "aggregation.ties.scale"),
                    "TIES-merging (density 0.2)"),
-    "knots": Method({"aggregation.kind": "knots"}, "aggregation.knots.scale", "KnOTS-TIES"),
-    "fedcmp": Method(_FEDCMP, _SERVER_LR, "Fed-CMP (CRA + OPM)"),
+    "knots": Method({"aggregation.kind": "knots"}, (_CLIENT_LR, "aggregation.knots.scale"),
+                    "KnOTS-TIES"),
+    "feddyn": Method({"algorithm.kind": "feddyn"}, _RATES, "FedDyn"),
+    "fedexp": Method({"algorithm.kind": "fedexp", "algorithm.fedexp.eps": 1e-3}, _RATES,
+                     "FedExP"),
+    "fedacg": Method({"algorithm.kind": "fedacg", "algorithm.fedacg.momentum": 0.85,
+                      "algorithm.fedacg.beta": 0.001}, _RATES, "FedACG (lambda 0.85)"),
+    "regmean": Method({"algorithm.kind": "regmean", "algorithm.regmean.alpha": 0.9}, _RATES,
+                      "RegMean (alpha 0.9)"),
+    "fedcmp": Method(_FEDCMP, _RATES, "Fed-CMP (CRA + OPM)"),
     # Ablations of Fed-CMP (the comparison runs them at Fed-CMP's chosen rate).
-    "cra_only": Method({**_FEDCMP, "server.kind": "fedavg"}, _SERVER_LR,
+    "cra_only": Method({**_FEDCMP, "server.kind": "fedavg"}, _RATES,
                        "CRA only (FedAvg server)"),
-    "opm_only": Method({**_FEDCMP, "aggregation.canonical.fusion": "mean"}, _SERVER_LR,
+    "opm_only": Method({**_FEDCMP, "aggregation.canonical.fusion": "mean"}, _RATES,
                        "OPM only (mean fusion)"),
     "fedcmp_agreement": Method({**_FEDCMP, "aggregation.canonical.reliability": "agreement"},
-                               _SERVER_LR, "Fed-CMP, agreement reliability"),
+                               _RATES, "Fed-CMP, agreement reliability"),
     "fedcmp_inverse_variance": Method(
-        {**_FEDCMP, "aggregation.canonical.reliability": "inverse_variance"}, _SERVER_LR,
+        {**_FEDCMP, "aggregation.canonical.reliability": "inverse_variance"}, _RATES,
         "Fed-CMP, inverse-variance reliability"),
     "fedcmp_uniform": Method({**_FEDCMP, "aggregation.canonical.reliability": "uniform"},
-                             _SERVER_LR, "Fed-CMP, uniform reliability"),
-    "fedcmp_rank8": Method({**_FEDCMP, "aggregation.canonical.rank": 8}, _SERVER_LR,
+                             _RATES, "Fed-CMP, uniform reliability"),
+    "fedcmp_rank8": Method({**_FEDCMP, "aggregation.canonical.rank": 8}, _RATES,
                            "Fed-CMP, rank 8"),
-    "fedcmp_full_rank": Method({**_FEDCMP, "aggregation.canonical.rank": 0}, _SERVER_LR,
+    "fedcmp_full_rank": Method({**_FEDCMP, "aggregation.canonical.rank": 0}, _RATES,
                                "Fed-CMP, full rank (= FedAvgM with explained)"),
-    "fedcmp_no_procrustes": Method({**_FEDCMP, "server.opm.procrustes": False}, _SERVER_LR,
+    "fedcmp_no_procrustes": Method({**_FEDCMP, "server.opm.procrustes": False}, _RATES,
                                    "Fed-CMP, no Procrustes alignment"),
     "fedcmp_weights": Method({**_FEDCMP, "aggregation.canonical.decompose": "weights"},
-                             _SERVER_LR, "Fed-CMP, local projectors decomposed (not updates)"),
-    "fedcmp_span": Method({**_FEDCMP, "server.opm.variant": "span"}, _SERVER_LR,
+                             _RATES, "Fed-CMP, local projectors decomposed (not updates)"),
+    "fedcmp_span": Method({**_FEDCMP, "server.opm.variant": "span"}, _RATES,
                           "Fed-CMP, span(U) heavy-ball OPM"),
 }
 
-# The comparison's methods (tuned on GRID) and Fed-CMP's ablations (not re-tuned).
+# The comparison's methods (each tuned on its grid) and Fed-CMP's ablations (run at
+# Fed-CMP's chosen point, on the same report seeds: paired with it).
 COMPARED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold", "fednova",
-            "ties", "knots", "fedcmp")
+            "feddyn", "fedexp", "fedacg", "ties", "knots", "regmean", "fedcmp")
 ABLATIONS = ("cra_only", "opm_only", "fedcmp_agreement", "fedcmp_inverse_variance",
              "fedcmp_uniform", "fedcmp_rank8", "fedcmp_full_rank", "fedcmp_no_procrustes",
              "fedcmp_weights", "fedcmp_span")
