@@ -197,6 +197,8 @@ def method_runs(scenario: Scenario, key: str, workdir: Path, *, seeds: Sequence[
 
   def run_at(p, seed, split, rundir):
     config = method_config(scenario.base, method, tuning.values(axes, p), seed)
+    if split == "validation":   # selection reads the final accuracy only: no curve
+      config.eval_every = 0
     return run_one(config, rundir, scenario, split)
 
   out = tuned_runs(axes, run_at, workdir / scenario.name / key, tune=tune, seeds=seeds,
