@@ -43,7 +43,8 @@ from pathlib import Path
 
 import jax
 
-from fedjax_mm.experiment import comparison, compare_report, methods, overrides, protocol
+from fedjax_mm.experiment import (comparison, compare_report, methods, overrides, protocol,
+                                  tuning)
 from fedjax_mm.simulation import mesh, validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,25 @@ def schedule_overrides(schedule: str, rounds: int) -> list[str]:
     return []
   return [f"{side}.{field}" for side in ("client", "server") for field in
           (f"schedule={schedule}", f"warmup_rounds={max(rounds // 10, 1)}")]
+
+
+def print_plan(args: argparse.Namespace, names: list[str]) -> None:
+  """The protocol's run count per scenario: fewest (no widening) and most (every side widened)."""
+  tune = not (args.quick or args.no_tune)
+  seeds = 1 if args.quick else args.seeds
+  sel = len(protocol.SELECTION_SEEDS) if tune else 0
+  lo = hi = 0
+  for name in names:
+    ablations = args.ablations if name in args.ablation_scenarios.split(",") else []
+    for key in args.methods:
+      few, many = tuning.grid_points(len(methods.METHODS[key].axes)) if tune else (0, 0)
+      lo, hi = lo + few * sel + seeds, hi + many * sel + seeds
+    lo, hi = lo + len(ablations) * seeds, hi + len(ablations) * seeds
+  hours = lambda runs: runs * args.seconds_per_run / args.workers / 3600
+  print(f"{len(names)} scenarios x {len(args.methods)} methods (+ ablations): {lo:,} to {hi:,} "
+        f"federated runs (plus the centralized references' ~{(3 * sel + seeds) * 2 * len(names)}"
+        f" short ones): {hours(lo):.1f} to {hours(hi):.1f} h at {args.seconds_per_run:.0f} s a "
+        f"run over {args.workers} worker(s)")
 
 
 def cpu_name() -> str:
@@ -126,6 +146,12 @@ def main() -> None:
   parser.add_argument("--no-budget-check", action="store_true",
                       help=f"skip {BUDGET_CHECK[1]} on the {BUDGET_CHECK[0]!r} preset "
                            "(--quick skips it)")
+  parser.add_argument("--plan", action="store_true",
+                      help="print how many runs the protocol needs and the hours it takes at "
+                           "--seconds-per-run over --workers, then exit")
+  parser.add_argument("--seconds-per-run", type=float, default=60.0,
+                      help="for --plan: a run's median time (--scale small on this 2-core box, "
+                           "1 device per worker: about 60 s; KnOTS and SCAFFOLD 2-3x)")
   parser.add_argument("--override", action="append", default=[],
                       help="config override key=value for every run, parsed by the field's "
                            "type as fedjax_mm.main's --config.key=value; repeatable")
@@ -155,6 +181,9 @@ def main() -> None:
       base_config(name)
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
+  if args.plan:
+    print_plan(args, names)
+    return
   workers = spawn_workers(args.workers) if args.workers > 1 and not args.worker else []
   mesh.use_cpu_cores()                  # before any JAX computation
   # A budget or schedule of its own gets its own runs (and report files).

@@ -111,3 +111,8 @@ def search(num_axes: int, score: Callable[[Point], float | None], *, half_width:
   edges = tuple(None if half_width == 0 or lo[a] < best[a] < hi[a]
                 else ("low" if best[a] == lo[a] else "high") for a in range(num_axes))
   return Search(scores, best, edges, False)
+
+
+def grid_points(num_axes: int, *, half_width: int = 1, max_widen: int = 2) -> tuple[int, int]:
+  """The fewest and the most points :func:`search` explores (no widening; every side widened)."""
+  return (2 * half_width + 1) ** num_axes, (2 * (half_width + max_widen) + 1) ** num_axes
