@@ -513,7 +513,7 @@ def test_registry_builds_what_the_factories_build(name):
 
 def test_registry_names():
   assert server.SERVER.names == ("fedavg", "fedavgm", "fedadam",
-                                 "fedyogi", "fedadagrad", "opm")
+                                 "fedyogi", "fedadagrad", "opm", "polar_momentum")
 
 
 # ----------------------------------------------------------------- errors
@@ -524,7 +524,7 @@ def test_unknown_name_message():
     server.SERVER.make("sgd", learning_rate=1.0)
   assert str(info.value) == (
       "server optimizer: must be one of ('fedavg', 'fedavgm', 'fedadam', "
-      "'fedyogi', 'fedadagrad', 'opm'), got 'sgd'")
+      "'fedyogi', 'fedadagrad', 'opm', 'polar_momentum'), got 'sgd'")
 
 
 @pytest.mark.parametrize("rule", RULES)

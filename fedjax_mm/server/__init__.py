@@ -8,6 +8,7 @@
 from fedjax_mm.registry import Registry
 from fedjax_mm.server import fedopt as _fedopt
 from fedjax_mm.server import orthogonal_momentum as _orthogonal_momentum
+from fedjax_mm.server import polar_momentum as _polar_momentum
 from fedjax_mm.server.adaptive import FedAdagradState
 from fedjax_mm.server.adaptive import FedAdamState
 from fedjax_mm.server.adaptive import FedYogiState
@@ -24,10 +25,12 @@ from fedjax_mm.server.fedopt import fedavg
 from fedjax_mm.server.fedopt import fedavgm
 from fedjax_mm.server.fedopt import fedyogi
 from fedjax_mm.server.orthogonal_momentum import opm
+from fedjax_mm.server.polar_momentum import polar_momentum
 
 SERVER = Registry("server optimizer", [
     *_fedopt.PARTS,
     _orthogonal_momentum.PART,
+    _polar_momentum.PART,
 ])
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "fedavgm",
     "fedyogi",
     "opm",
+    "polar_momentum",
     "scale_by_fedadagrad",
     "scale_by_fedadam",
     "scale_by_fedyogi",
