@@ -81,6 +81,10 @@ METHODS: Mapping[str, Method] = {
                       "algorithm.fedacg.beta": 0.001}, _RATES, "FedACG (lambda 0.85)"),
     "regmean": Method({"algorithm.kind": "regmean", "algorithm.regmean.alpha": 0.9}, _RATES,
                       "RegMean (alpha 0.9)"),
+    "polar_momentum": Method({"server.kind": "polar_momentum", "server.learning_rate": 1.0,
+                              "server.polar_momentum.momentum": 0.9,
+                              "server.polar_momentum.scale": "frobenius"}, _RATES,
+                             "Polar momentum (orthogonalized FedAvgM)"),
     "fedcmp": Method(_FEDCMP, _RATES, "Fed-CMP (CRA + OPM)"),
     # Ablations of Fed-CMP (the comparison runs them at Fed-CMP's chosen rate).
     "cra_only": Method({**_FEDCMP, "server.kind": "fedavg"}, _RATES,
@@ -104,6 +108,11 @@ METHODS: Mapping[str, Method] = {
                              _RATES, "Fed-CMP, local projectors decomposed (not updates)"),
     "fedcmp_span": Method({**_FEDCMP, "server.opm.variant": "span"}, _RATES,
                           "Fed-CMP, span(U) heavy-ball OPM"),
+    "fedcmp_split": Method({**_FEDCMP, "server.opm.variant": "split"}, _RATES,
+                           "Fed-CMP, split OPM (non-leaking)"),
+    "fedcmp_motion": Method({**_FEDCMP, "aggregation.canonical.decompose": "weights",
+                             "server.opm.variant": "motion", "server.opm.motion_scale": 1.0},
+                            _RATES, "Fed-CMP, OPM with basis motion (projectors decomposed)"),
 }
 
 # The comparison's methods (each tuned on its grid) and Fed-CMP's ablations (run at
@@ -112,7 +121,7 @@ COMPARED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold", "f
             "feddyn", "fedexp", "fedacg", "ties", "knots", "regmean", "fedcmp")
 ABLATIONS = ("cra_only", "opm_only", "fedcmp_agreement", "fedcmp_inverse_variance",
              "fedcmp_uniform", "fedcmp_rank8", "fedcmp_full_rank", "fedcmp_no_procrustes",
-             "fedcmp_weights", "fedcmp_span")
+             "fedcmp_weights", "fedcmp_span", "fedcmp_split", "fedcmp_motion")
 
 
 def parse_methods(value: str, allowed: Sequence[str] | None = None) -> list[str]:
