@@ -39,14 +39,14 @@ update onto span(U) removes ``B̄`` (orthogonal to A) entirely: CRA reaches
 
 This needs CRA to decompose the *local models* (``decompose="weights"``):
 the updates ``ΔW_k = W - X_k`` lose the shared part once ``W ≈ W*``, and
-their Gram is then all interference (at the config's defaults, best accuracy
-0.79-0.83 against FedAvg's 0.97, seeds 0-2). It also needs ``j b² < C s²`` in every
-round: CRA keeps the global model's part outside span(U), so one round whose
-basis picks a client direction leaves that component in ``W`` for good.
-The defaults (``ratio = 0.85``: ``b² = 1.45``, three colliding clients
-``4.3 < C s² = 5`` at ``C = 5``; the full pool ``P = m - r_s``) keep
-collisions harmless except four of five clients on one of 30 directions
-(about 2e-4 per round).
+their Gram is then all interference (at the config's defaults: best
+accuracy 0.79-0.83 against FedAvg's 0.97, seeds 0-2). It also needs
+``j b² < C s²`` in every round: CRA keeps the global model's part outside
+span(U), so one round whose basis picks a client direction leaves that
+component in ``W`` for good. The defaults (``ratio = 0.85``: ``b = 1.2 > s``,
+``b² = 1.45``, three colliding clients ``4.3 < C s² = 5`` at ``C = 5``; the
+full pool ``P = m - r_s = 30``) keep collisions harmless except four of five
+clients on one direction (about 2e-4 per round).
 
 References:
   Xiong et al., "A Step Toward Federated Pretraining of Multimodal Large

@@ -42,7 +42,7 @@ def task(num_inputs: int, num_outputs: int, target_energy: float) -> Task:
     return {"projector": {"kernel": jnp.zeros((num_inputs, num_outputs), jnp.float32)}}
 
   def per_example_loss(trainable: PyTree, frozen: PyTree, batch: Batch) -> jax.Array:
-    del frozen   # 1/2 ‖ŷ - y‖²: its Hessian in W is E[xᵀx] = I, so lr is a contraction factor
+    del frozen   # 1/2 ‖ŷ - y‖²: its Hessian in W is E[xᵀx] = I (lr = contraction factor)
     return 0.5 * jnp.sum(_residual(trainable, batch) ** 2, axis=-1)
 
   def per_example_metrics(trainable: PyTree, frozen: PyTree, batch: Batch):
