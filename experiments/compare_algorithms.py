@@ -160,6 +160,8 @@ def main() -> None:
     parser.error(f"--workers: must be >= 1, got {args.workers}")
   if args.seeds < 1:
     parser.error(f"--seeds: must be >= 1, got {args.seeds}")
+  if args.methods is None and args.scenarios == "interference":   # the positive control
+    args.methods = list(methods.CONTROL)
   if args.methods is None:
     args.methods = methods.parse_methods(QUICK["methods"] if args.quick else
                                          ",".join(methods.COMPARED))

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 TAIL = 0.3   # trajectory cosines are averaged over the last 30% of rounds
 # Fed-CMP and its parts: never "the best baseline".
-FEDCMP_FAMILY = ("fedcmp", "cra_only", "opm_only")
+FEDCMP_FAMILY = ("fedcmp", "cra_", "opm_only")
 # Per-client tails need clients with several test rows (one_pass clients hold ~2).
 MIN_ROWS_FOR_TAIL = 5
 
@@ -194,7 +194,12 @@ def markdown(report: dict) -> str:
               f"{entry['rounds']} rounds x {entry['local_steps']} local steps ({entry['local_mode']}"
               f") x batch {entry['batch']}: {refs['examples_per_round']:,.0f} example-gradients "
               f"per round; {ev.get('validation', '?')} validation / {ev.get('test', '?')} test "
-              "clients", "", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+              "clients"]
+    if entry.get("dataset", "world") != "world":
+      lines += ["", f"(`{entry['dataset']}`: \"align acc\" is this dataset's accuracy metric; for "
+                "the positive control, the clipped R² of the shared map, "
+                "`fedjax_mm/data/interference.py`.)"]
+    lines += ["", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     counts = None
     for m in entry["methods"].values():
       counts = counts if counts is not None else client_accuracy(m)

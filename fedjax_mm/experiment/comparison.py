@@ -32,6 +32,7 @@ from fedjax_mm import config_files, metrics as metrics_lib
 from fedjax_mm.data import federated
 from fedjax_mm.experiment import methods as methods_lib
 from fedjax_mm.experiment import overrides, protocol, references, tuning, workdirs
+from fedjax_mm import setups
 from fedjax_mm.setups import fedma
 from fedjax_mm.simulation import driver, validation
 
@@ -41,11 +42,22 @@ ROOT = Path(__file__).resolve().parents[2]
 # and 1,000 rows each), validation and test on 100 clients each.
 SMALL = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000}
 SPLITS = ("validation", "test")
+# Scenarios with a config file of their own (not a configs/scenarios.py preset),
+# run as configured at every scale: the positive control is already small.
+OWN_CONFIGS = {"interference": "configs/interference.py"}
 
 
 def scenario_config(name: str, *, scale: str, rounds: int | None = None,
                     override: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """``configs/scenarios.py:<name>`` at ``scale`` ("presets" or "small"), then ``override``."""
+  """``configs/scenarios.py:<name>`` at ``scale`` ("presets" or "small"), then ``override``.
+
+  A name of :data:`OWN_CONFIGS` loads that file instead, at its own size.
+  """
+  if name in OWN_CONFIGS:
+    config = config_files.load(ROOT / OWN_CONFIGS[name])
+    if rounds:
+      config.num_rounds = rounds
+    return overrides.apply(config, override)
   config = config_files.load(ROOT / "configs/scenarios.py", name)
   if scale == "small":
     config.num_rounds = rounds or SMALL["rounds"]   # before one_pass sizes its population
@@ -93,13 +105,17 @@ class Scenario:
 
   def _build(self):
     if self._setup is None:
-      if "towers" not in self._towers:   # shared by every scenario
-        self._towers["towers"] = fedma.build_towers(self.base)
+      eval_clients = self.base.data.get("eval_clients", 0)
       tick = time.perf_counter()
-      every = overrides.apply_values(self.base, {"data.eval_clients": 0})
-      self._setup = fedma.build(every, pretrained=self._towers["towers"], progress=False)
+      if self.base.data.name == "world":
+        if "towers" not in self._towers:   # shared by every scenario
+          self._towers["towers"] = fedma.build_towers(self.base)
+        every = overrides.apply_values(self.base, {"data.eval_clients": 0})
+        self._setup = fedma.build(every, pretrained=self._towers["towers"], progress=False)
+      else:                                # e.g. the positive control: every client's test rows
+        self._setup = setups.build(self.base, progress=False)
       self._split = protocol.evaluation_split(np.asarray(self._setup.test.sizes),
-                                              self.base.data.eval_clients, self.base.seed)
+                                              eval_clients, self.base.seed)
       self.data_seconds = time.perf_counter() - tick
     return self._setup
 
@@ -223,7 +239,9 @@ def reference_runs(scenario: Scenario, workdir: Path, *, central_batch: int,
   budget = references.example_budget(base, setup.train)
   steps = {REFERENCES[0]: max(budget // central_batch, 1),
            REFERENCES[1]: references.sequential_steps(base, setup.train)}
-  axes = [tuning.Axis("client.learning_rate", float(base.client.learning_rate))]
+  # Adam's rate: centered on the clients' when they run Adam, else on Adam's usual 0.01.
+  center = base.client.learning_rate if base.client.optimizer == "adam" else 0.01
+  axes = [tuning.Axis("client.learning_rate", float(center))]
   out = {"example_budget": budget, "examples_per_round": budget / base.num_rounds}
   floor = workdirs.kept(workdir / scenario.name / "references" / "floor", "result.json",
                         lambda: {"final": references.floor(
@@ -272,7 +290,8 @@ def run_scenario(scenario: Scenario, keys: Sequence[str], workdir: Path, *, cent
       break
     time.sleep(poll_s)    # the rest is held by other workers: wait for their results
   _print_entries(entries)
-  return {"rounds": base.num_rounds, "clients": base.data.num_clients,
+  return {"dataset": base.data.name, "rounds": base.num_rounds,
+          "clients": base.data.num_clients,
           "per_round": base.clients_per_round, "local_steps": base.local.num_steps,
           "batch": base.local.batch_size, "local_mode": base.local.mode,
           "eval_clients": {s: len(getattr(scenario._split, s)) for s in SPLITS},

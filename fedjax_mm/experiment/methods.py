@@ -86,6 +86,16 @@ METHODS: Mapping[str, Method] = {
                               "server.polar_momentum.scale": "frobenius"}, _RATES,
                              "Polar momentum (orthogonalized FedAvgM)"),
     "fedcmp": Method(_FEDCMP, _RATES, "Fed-CMP (CRA + OPM)"),
+    # The positive control's Fed-CMP (configs/interference.py): the basis at the
+    # shared map's rank 2 (rank 32 is that 32-row kernel's full rank, where CRA
+    # averages), local projectors decomposed (near the optimum the updates no
+    # longer carry the shared signal; see tests/test_interference.py).
+    "cra_control": Method({**_FEDCMP, "server.kind": "fedavg", "aggregation.canonical.rank": 2,
+                           "aggregation.canonical.decompose": "weights"}, _RATES,
+                          "CRA rank 2, local projectors (FedAvg server)"),
+    "fedcmp_control": Method({**_FEDCMP, "aggregation.canonical.rank": 2,
+                              "aggregation.canonical.decompose": "weights"}, _RATES,
+                             "Fed-CMP rank 2, local projectors"),
     # Ablations of Fed-CMP (the comparison runs them at Fed-CMP's chosen rate).
     "cra_only": Method({**_FEDCMP, "server.kind": "fedavg"}, _RATES,
                        "CRA only (FedAvg server)"),
@@ -119,6 +129,8 @@ METHODS: Mapping[str, Method] = {
 # Fed-CMP's chosen point, on the same report seeds: paired with it).
 COMPARED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold", "fednova",
             "feddyn", "fedexp", "fedacg", "ties", "knots", "regmean", "fedcmp")
+# The positive control's methods (experiments/compare_algorithms.py --scenarios interference).
+CONTROL = ("fedavg", "fedavgm", "fedadam", "ties", "knots", "cra_control", "fedcmp_control")
 ABLATIONS = ("cra_only", "opm_only", "fedcmp_agreement", "fedcmp_inverse_variance",
              "fedcmp_uniform", "fedcmp_rank8", "fedcmp_full_rank", "fedcmp_no_procrustes",
              "fedcmp_weights", "fedcmp_span", "fedcmp_split", "fedcmp_motion")
