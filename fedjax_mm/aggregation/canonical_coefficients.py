@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 
 def trimmed(c: jax.Array, trim: float) -> jax.Array:
-  """``c [C, r, n]`` with all but each client's top ``ceil((1 - trim) r n)`` ``|entries|`` zeroed."""
+  """``c [C, r, n]`` keeping each client's top ``ceil((1 - trim) r n)`` ``|entries|`` only."""
   if trim == 0:
     return c
   flat = c.reshape(c.shape[0], -1)
