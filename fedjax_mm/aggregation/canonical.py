@@ -205,6 +205,8 @@ def canonical_fusion(updates: PyTree, weights: jax.Array, mask: jax.Array, *,
   leaves, treedef = jax.tree.flatten(updates)
   deltas = [jnp.where(mask[:, None, None], as_matrix(x, 1), 0.0).astype(jnp.float32)
             for x in leaves if is_matrix(x, 1)]
+  if residual == "feedback" and carried is None:   # a direct call: no residual yet
+    carried = tuple(jnp.zeros(d.shape[1:], jnp.float32) for d in deltas)
   if carried is not None:   # error feedback: every valid update takes the residual
     deltas = [jnp.where(mask[:, None, None], d + e[None], 0.0) for d, e in zip(deltas, carried)]
   deltas = [oriented(d, side) for d in deltas]
