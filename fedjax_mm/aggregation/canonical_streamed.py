@@ -18,7 +18,9 @@ the same aggregate is computed in one pass with memory O(chunk x model +
 A client's reliability must be known when its chunk streams past, before
 this round's basis exists, so this path scores against *last round's* basis
 (``score_with="previous"``; round 0 scores uniformly); ``"agreement"`` needs
-this round's consensus and is stacked-only, as is ``"inverse_variance"``.
+this round's consensus and is stacked-only, as is ``"inverse_variance"``,
+and so are the variants in ``STACKED_ONLY`` (``weighting="direction"``,
+``trim``, ``sign_election``, ``residual``, ``standardize``, ``side``).
 With those options the streamed
 aggregate equals the stacked one (tested).
 
@@ -42,11 +44,26 @@ from fedjax_mm.aggregation.base import StreamingAggregator
 from fedjax_mm.types import PyTree
 
 STREAMABLE_RELIABILITIES = ("explained", "uniform")
+# The variants this path does not compute, at the defaults it assumes: a
+# per-direction or trimmed or sign-elected fusion needs every client's
+# coefficients at once, a z-score every client's score, the residual and the
+# moving Gram extra state, the output side transposed sums (not written).
+STACKED_ONLY = {"weighting": "client", "trim": 0.0, "sign_election": False,
+                "residual": "drop", "standardize": False, "side": "input"}
 
 
-def streamable(reliability: str, score_with: str) -> bool:
+def unstreamable_option(**variants) -> str | None:
+  """The first variant option (``STACKED_ONLY``) off its streamable default, else None."""
+  for name, default in STACKED_ONLY.items():
+    if name in variants and variants[name] != default:
+      return name
+  return None
+
+
+def streamable(reliability: str, score_with: str, **variants) -> bool:
   """Whether CRA with these options has a streamed path (see the module doc)."""
-  return score_with == "previous" and reliability in STREAMABLE_RELIABILITIES
+  return (score_with == "previous" and reliability in STREAMABLE_RELIABILITIES
+          and unstreamable_option(**variants) is None)
 
 
 class CanonicalAccumulator(NamedTuple):
@@ -120,7 +137,8 @@ def canonical_streaming(*, rank: int | float | None = None, reliability: str = "
         if fusion == "coefficients":
           fused = (u @ (u.T @ canonical.as_matrix(fused, 0))).reshape(s.shape)
       out.append(fused.astype(s.dtype))
-    metrics = {"explained": canonical.explained_energy(bases, acc.grams)}
+    metrics = {"explained": canonical.explained_energy(bases, acc.grams),
+               **canonical.basis_drift(bases, state.bases)}
     new_state = canonical.CanonicalState(bases=bases, has_basis=jnp.ones((), bool))
     return jax.tree.unflatten(treedef, out), new_state, metrics
 
