@@ -233,6 +233,21 @@ def test_sgd_step_algorithms_reject_adaptive_clients(algorithm):
   validation.validate(config)
 
 
+def test_opm_and_cra_must_decompose_the_same_side():
+  config = _base()
+  config.server.kind, config.aggregation.kind = "opm", "canonical"
+  config.aggregation.canonical.rank = 8
+  config.aggregation.canonical.side = "output"
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.server\.opm\.side: must equal "
+                           r"config\.aggregation\.canonical\.side \('output'.*got 'input'"):
+    validation.validate(config)
+  config.server.opm.side = "output"        # matching sides are accepted
+  validation.validate(config)
+  config.server.kind = "fedavgm"            # no OPM: CRA's side alone is fine
+  validation.validate(config)
+
+
 def test_size_sampling_with_example_weights_is_rejected():
   config = _base()
   config.sampling = "size"

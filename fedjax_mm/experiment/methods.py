@@ -118,6 +118,35 @@ METHODS: Mapping[str, Method] = {
                              _RATES, "Fed-CMP, local projectors decomposed (not updates)"),
     "fedcmp_span": Method({**_FEDCMP, "server.opm.variant": "span"}, _RATES,
                           "Fed-CMP, span(U) heavy-ball OPM"),
+    # CRA variants that make the canonical space do work (aggregation/canonical.py):
+    # per-direction reliability, TIES in the coefficients, the out-of-span
+    # residual kept or fed back, scores z-scored against last round's basis,
+    # the output (LM-embedding) side.
+    "fedcmp_direction_sign": Method(
+        {**_FEDCMP, "aggregation.canonical.weighting": "direction",
+         "aggregation.canonical.direction_score": "sign_agreement"}, _RATES,
+        "Fed-CMP, per-direction sign-agreement reliability"),
+    "fedcmp_direction_invvar": Method(
+        {**_FEDCMP, "aggregation.canonical.weighting": "direction",
+         "aggregation.canonical.direction_score": "inverse_variance"}, _RATES,
+        "Fed-CMP, per-direction inverse-variance reliability"),
+    "fedcmp_ties": Method({**_FEDCMP, "aggregation.canonical.trim": 0.8,
+                           "aggregation.canonical.sign_election": True}, _RATES,
+                          "Fed-CMP, TIES in the coefficients (keep 20%, sign election)"),
+    "fedcmp_residual": Method({**_FEDCMP, "aggregation.canonical.residual": "mean"}, _RATES,
+                              "Fed-CMP, out-of-span residual kept (no truncation)"),
+    "fedcmp_feedback": Method({**_FEDCMP, "aggregation.canonical.residual": "feedback"},
+                              _RATES, "Fed-CMP, out-of-span residual fed back"),
+    "fedcmp_zscore_previous": Method(
+        {**_FEDCMP, "aggregation.canonical.score_with": "previous",
+         "aggregation.canonical.standardize": True}, _RATES,
+        "Fed-CMP, z-scored reliability on last round's basis"),
+    "fedcmp_output_side": Method({**_FEDCMP, "aggregation.canonical.side": "output",
+                                  "server.opm.side": "output"}, _RATES,
+                                 "Fed-CMP, output-side (LM embedding) basis"),
+    "fedcmp_split_residual": Method(
+        {**_FEDCMP, "aggregation.canonical.residual": "mean", "server.opm.variant": "split"},
+        _RATES, "Fed-CMP, residual kept + split OPM (strictly generalizes FedAvgM)"),
     "fedcmp_split": Method({**_FEDCMP, "server.opm.variant": "split"}, _RATES,
                            "Fed-CMP, split OPM (non-leaking)"),
     "fedcmp_motion": Method({**_FEDCMP, "aggregation.canonical.decompose": "weights",
@@ -133,7 +162,10 @@ COMPARED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold", "f
 CONTROL = ("fedavg", "fedavgm", "fedadam", "ties", "knots", "cra_control", "fedcmp_control")
 ABLATIONS = ("cra_only", "opm_only", "fedcmp_agreement", "fedcmp_inverse_variance",
              "fedcmp_uniform", "fedcmp_rank8", "fedcmp_full_rank", "fedcmp_no_procrustes",
-             "fedcmp_weights", "fedcmp_span", "fedcmp_split", "fedcmp_motion")
+             "fedcmp_weights", "fedcmp_span", "fedcmp_split", "fedcmp_motion",
+             "fedcmp_direction_sign", "fedcmp_direction_invvar", "fedcmp_ties", "fedcmp_residual",
+             "fedcmp_feedback", "fedcmp_zscore_previous", "fedcmp_output_side",
+             "fedcmp_split_residual")
 
 
 def parse_methods(value: str, allowed: Sequence[str] | None = None) -> list[str]:

@@ -40,3 +40,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise configuration.ConfigError(str(e)) from None
   builders.server_optimizer(config)
   builders.round_parts(config)
+  _check_basis_sides(config)
+
+
+def _check_basis_sides(config: ml_collections.ConfigDict) -> None:
+  # OPM reads CRA's bases from the aggregator's state: both must decompose the
+  # same side of each matrix. The shapes cannot tell for square kernels (the
+  # projector's LM-width layer), so the config must.
+  if config.server.kind != "opm" or config.aggregation.kind != "canonical":
+    return
+  opm, cra = config.server.opm.get("side", "input"), config.aggregation.canonical.get(
+      "side", "input")
+  if opm != cra:
+    raise configuration.ConfigError(
+        f"config.server.opm.side: must equal config.aggregation.canonical.side ({cra!r}: OPM "
+        f"moves the basis CRA builds), got {opm!r}")
