@@ -233,7 +233,10 @@ def main() -> None:
   report["settings"]["wall_seconds"] = time.perf_counter() - started
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  stem = ("compare_quick" if args.quick else "compare") + variant.replace("-", "_")
+  # The positive control alone is a report of its own (compare_control.md).
+  control = set(names) <= set(comparison.OWN_CONFIGS)
+  stem = (("compare_quick" if args.quick else "compare") + variant.replace("-", "_")
+          + ("_control" if control else ""))
   (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
   (out / f"{stem}.md").write_text(compare_report.markdown(report))
   compare_report.plots(report, out, stem)
