@@ -120,7 +120,7 @@ _BAD = [
      r"in \[0, 2147483647\], got 12345678901234567890"),
     ("num_rounds_zero", _set("num_rounds", 0), "num_rounds", r"an integer >= 1, got 0"),
     ("dataset_unknown", _set("data.name", "mnist"), "data.name",
-     r"must be one of \('synthetic', 'world', 'real'\), got 'mnist'"),
+     r"must be one of \('synthetic', 'interference', 'world', 'real'\), got 'mnist'"),
     ("num_classes_one", _set("data.num_classes", 1), "data.num_classes", r">= 2, got 1"),
     ("alpha_negative", _set("data.alpha", -1.0), "data.alpha", r">= 0, got -1\.0"),
     ("min_size_one", _set("data.min_size", 1), "data.min_size",
