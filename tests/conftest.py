@@ -110,3 +110,19 @@ def build(*, task: Task = TASK, num_clients: int = K, cohort: int = COHORT, chun
 def harness():
   """The :func:`build` function, as a fixture for tests that prefer one."""
   return build
+
+
+def quadratic_task(w0) -> Task:
+  """Per-example loss ``0.5 * a * ||w - b||^2`` from ``w0`` (gradient ``a (w - b)``): a task
+  whose local optimum and steps NumPy references compute in closed form."""
+
+  def per_example_loss(trainable, frozen, batch):
+    del frozen
+    return 0.5 * batch["a"] * jnp.sum((trainable["w"] - batch["b"]) ** 2, axis=-1)
+
+  def per_example_metrics(trainable, frozen, batch):
+    loss = per_example_loss(trainable, frozen, batch)
+    return {"loss": loss, "accuracy": jnp.zeros_like(loss)}
+
+  return Task(init_trainable=lambda key: {"w": jnp.asarray(w0, jnp.float32)}, frozen={},
+              per_example_loss=per_example_loss, per_example_metrics=per_example_metrics)

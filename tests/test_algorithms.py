@@ -31,12 +31,11 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import FAST
+from conftest import FAST, quadratic_task
 from fedjax_mm import algorithms
 from fedjax_mm import client as client_lib
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import round as round_lib
-from fedjax_mm.types import Task
 
 DIM = 3
 W0 = np.array([0.5, -0.3, 0.2])
@@ -49,26 +48,7 @@ RTOL, ATOL = 1e-5, 1e-6
 
 # --------------------------------------------------------------------------- setting
 
-def quadratic_task() -> Task:
-  """Per-example loss ``0.5 * a * ||w - b||^2``; gradient ``a (w - b)``."""
-
-  def init_trainable(key):
-    del key
-    return {"w": jnp.asarray(W0, jnp.float32)}
-
-  def per_example_loss(trainable, frozen, batch):
-    del frozen
-    return 0.5 * batch["a"] * jnp.sum((trainable["w"] - batch["b"]) ** 2, axis=-1)
-
-  def per_example_metrics(trainable, frozen, batch):
-    loss = per_example_loss(trainable, frozen, batch)
-    return {"loss": loss, "accuracy": jnp.zeros_like(loss)}
-
-  return Task(init_trainable=init_trainable, frozen={}, per_example_loss=per_example_loss,
-              per_example_metrics=per_example_metrics)
-
-
-QTASK = quadratic_task()
+QTASK = quadratic_task(W0)
 
 
 class Population:

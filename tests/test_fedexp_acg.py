@@ -23,13 +23,12 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import build
+from conftest import build, quadratic_task
 from fedjax_mm import config_files, configuration
 from fedjax_mm.algorithms import ALGORITHMS, fedacg, fedavg, fedexp
 from fedjax_mm.data import federated
 from fedjax_mm.simulation import round as round_lib
 from fedjax_mm.simulation import validation
-from fedjax_mm.types import Task
 
 DIM = 3
 W0 = np.array([0.5, -0.25, 0.125])   # dyadic: the hand-computed case below is exact
@@ -39,20 +38,7 @@ W0 = np.array([0.5, -0.25, 0.125])   # dyadic: the hand-computed case below is e
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def quadratic_task() -> Task:
-  def per_example_loss(trainable, frozen, batch):
-    del frozen
-    return 0.5 * batch["a"] * jnp.sum((trainable["w"] - batch["b"]) ** 2, axis=-1)
-
-  def per_example_metrics(trainable, frozen, batch):
-    loss = per_example_loss(trainable, frozen, batch)
-    return {"loss": loss, "accuracy": jnp.zeros_like(loss)}
-
-  return Task(init_trainable=lambda key: {"w": jnp.asarray(W0, jnp.float32)}, frozen={},
-              per_example_loss=per_example_loss, per_example_metrics=per_example_metrics)
-
-
-QTASK = quadratic_task()
+QTASK = quadratic_task(W0)
 
 
 class Population:
