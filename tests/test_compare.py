@@ -72,3 +72,14 @@ def test_workers_must_be_positive(monkeypatch, capsys):
   with pytest.raises(SystemExit):
     script.main()
   assert "--workers: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_seeds_must_be_positive(monkeypatch, capsys):
+  spec = importlib.util.spec_from_file_location("compare_algorithms",
+                                                ROOT / "experiments/compare_algorithms.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--seeds", "0"])
+  with pytest.raises(SystemExit):
+    script.main()
+  assert "--seeds: must be >= 1, got 0" in capsys.readouterr().err
