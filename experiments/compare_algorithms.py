@@ -43,8 +43,8 @@ from pathlib import Path
 
 import jax
 
-from fedjax_mm.experiment import (comparison, compare_report, methods, overrides, protocol,
-                                  tuning)
+from fedjax_mm.experiment import (comparison, compare_report, joint as joint_lib, methods,
+                                  overrides, protocol, tuning)
 from fedjax_mm.simulation import mesh, validation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,16 +79,30 @@ def print_plan(args: argparse.Namespace, names: list[str]) -> None:
   sel = len(protocol.SELECTION_SEEDS) if tune else 0
   lo = hi = 0
   for name in names:
-    ablations = args.ablations if name in args.ablation_scenarios.split(",") else []
+    ablated = name in args.ablation_scenarios.split(",")
+    ablations = args.ablations if ablated else []
     for key in args.methods:
       few, many = tuning.grid_points(len(methods.METHODS[key].axes)) if tune else (0, 0)
       lo, hi = lo + few * sel + seeds, hi + many * sel + seeds
-    lo, hi = lo + len(ablations) * seeds, hi + len(ablations) * seeds
+    joint = len(joint_lib.points()) * len(protocol.SELECTION_SEEDS) + seeds
+    extra = len(ablations) * seeds + (len(args.joint) * joint if ablated else 0)
+    lo, hi = lo + extra, hi + extra
   hours = lambda runs: runs * args.seconds_per_run / args.workers / 3600
   print(f"{len(names)} scenarios x {len(args.methods)} methods (+ ablations): {lo:,} to {hi:,} "
         f"federated runs (plus the centralized references' ~{(3 * sel + seeds) * 2 * len(names)}"
         f" short ones): {hours(lo):.1f} to {hours(hi):.1f} h at {args.seconds_per_run:.0f} s a "
         f"run over {args.workers} worker(s)")
+
+
+def report_stem(names: list[str], *, quick: bool, variant: str) -> str:
+  """The report files' name: ``compare[_quick][_r150][_warmup_cosine][_control|_real]``.
+
+  Scenarios of their own config files alone are a report of their own (the
+  positive control: ``compare_control``; the real towers: ``compare_real``).
+  """
+  own = [comparison.OWN_CONFIGS[n].report for n in names if n in comparison.OWN_CONFIGS]
+  return (("compare_quick" if quick else "compare") + variant.replace("-", "_")
+          + ("_" + "_".join(own) if len(own) == len(names) else ""))
 
 
 def cpu_name() -> str:
@@ -126,6 +140,10 @@ def main() -> None:
   parser.add_argument("--ablations", default=",".join(methods.ABLATIONS),
                       type=methods.ablations_arg,
                       help="Fed-CMP ablations ('' for none), run on --ablation-scenarios")
+  parser.add_argument("--joint", default=[], type=methods.ablations_or_fedcmp_arg,
+                      help="Fed-CMP variants (fedcmp or ablations) whose rank x momentum x "
+                           "temperature is tuned jointly (fedjax_mm/experiment/joint.py), on "
+                           "--ablation-scenarios")
   parser.add_argument("--ablation-scenarios", default=None,
                       help=f"default: one_pass ({QUICK['ablation_scenarios'] or 'none'} "
                            "with --quick)")
@@ -217,12 +235,14 @@ def main() -> None:
   shift = args.worker * len(names) // args.workers
   for name in names[shift:] + names[:shift]:
     base = base_config(name)
-    keys = args.methods + (args.ablations if name in args.ablation_scenarios.split(",") else [])
+    ablated = name in args.ablation_scenarios.split(",")
+    keys = args.methods + (args.ablations if ablated else [])
     print(f"== {name}: {base.data.num_clients} clients, {base.clients_per_round}/round, "
           f"{base.num_rounds} rounds", flush=True)
     entries[name] = comparison.run_scenario(
         comparison.Scenario(name, base, towers), list(dict.fromkeys(keys)), workdir,
-        central_batch=args.central_batch, seeds=seeds, tune=tune)
+        central_batch=args.central_batch, seeds=seeds, tune=tune,
+        joint=args.joint if ablated else ())
   report["scenarios"] = {name: entries[name] for name in names}
   report["settings"]["not_run"] = [name for name in SCENARIOS if name not in names]
   if not (args.no_budget_check or args.quick):
@@ -239,10 +259,7 @@ def main() -> None:
   report["settings"]["wall_seconds"] = time.perf_counter() - started
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  # The positive control alone is a report of its own (compare_control.md).
-  control = set(names) <= set(comparison.OWN_CONFIGS)
-  stem = (("compare_quick" if args.quick else "compare") + variant.replace("-", "_")
-          + ("_control" if control else ""))
+  stem = report_stem(names, quick=args.quick, variant=variant)
   (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
   (out / f"{stem}.md").write_text(compare_report.markdown(report))
   compare_report.plots(report, out, stem)

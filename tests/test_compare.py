@@ -63,11 +63,16 @@ def test_run_one_reads_finished_runs_and_skips_claimed_ones(tmp_path):
   assert not (held / "result.json").exists()
 
 
-def test_workers_must_be_positive(monkeypatch, capsys):
+def _script():
   spec = importlib.util.spec_from_file_location("compare_algorithms",
                                                 ROOT / "experiments/compare_algorithms.py")
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
+  return script
+
+
+def test_workers_must_be_positive(monkeypatch, capsys):
+  script = _script()
   monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--workers", "0"])
   with pytest.raises(SystemExit):
     script.main()
@@ -75,11 +80,37 @@ def test_workers_must_be_positive(monkeypatch, capsys):
 
 
 def test_seeds_must_be_positive(monkeypatch, capsys):
-  spec = importlib.util.spec_from_file_location("compare_algorithms",
-                                                ROOT / "experiments/compare_algorithms.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = _script()
   monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--seeds", "0"])
   with pytest.raises(SystemExit):
     script.main()
   assert "--seeds: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_own_config_scenarios_alone_get_reports_of_their_own():
+  stem = _script().report_stem
+  assert stem(["concept_0.1", "silos"], quick=False, variant="") == "compare"
+  assert stem(["interference"], quick=False, variant="") == "compare_control"
+  assert stem(["real"], quick=False, variant="-r150") == "compare_r150_real"
+  assert stem(["real", "domain"], quick=True, variant="") == "compare_quick"
+
+
+def test_the_real_towers_run_their_cpu_preset_small_and_their_gpu_preset_at_scale():
+  small = comparison.scenario_config("real", scale="small")
+  big = comparison.scenario_config("real", scale="presets", rounds=50)
+  assert (small.data.name, small.data.num_clients, small.num_rounds) == ("real", 20, 8)
+  assert (big.data.num_clients, big.num_rounds, big.model.vision_tokens) == (10_000, 50, 49)
+
+
+def test_the_plan_counts_the_joint_ablation(monkeypatch, capsys):
+  script = _script()
+  argv = ["compare_algorithms.py", "--plan", "--scale", "small", "--scenarios", "domain,silos",
+          "--methods", "fedavg", "--ablation-scenarios", "silos", "--ablations", "cra_only"]
+  counts = []
+  for joint in ([], ["--joint", "fedcmp,fedcmp_split"]):
+    monkeypatch.setattr(sys, "argv", argv + joint)
+    script.main()
+    counts.append(int(capsys.readouterr().out.split(" to ")[0].split(": ")[-1].replace(",", "")))
+  # fedavg: 9 points x 2 selection seeds + 5 report seeds per scenario; cra_only 5;
+  # each joint variant 18 points x 2 selection seeds + 5.
+  assert counts == [2 * (9 * 2 + 5) + 5, 2 * (9 * 2 + 5) + 5 + 2 * (18 * 2 + 5)]

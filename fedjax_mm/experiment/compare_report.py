@@ -213,6 +213,10 @@ def markdown(report: dict) -> str:
     for key, m in entry["methods"].items():
       label = ("ablation: " if m["ablation"] else "") + m["label"]
       lines.append(_row(label, {**m, "is_best": key == best}, sig.get(key), tail))
+  for name, entry in report["scenarios"].items():
+    for m in entry["methods"].values():
+      if m.get("joint"):
+        lines += joint_table(name, m)
   rank = ranking(report)
   if rank:
     order = np.argsort(rank["mean_ranks"])
@@ -228,6 +232,25 @@ def markdown(report: dict) -> str:
     pairs = ", ".join(f"{first[a]['label']} vs {first[b]['label']}" for a, b in rank["differ"])
     lines += ["", f"Pairs whose mean ranks differ by at least the CD: {pairs or 'none'}."]
   return "\n".join(lines) + "\n"
+
+
+def joint_table(scenario: str, entry: dict) -> list[str]:
+  """A joint ablation's validation scores: rank x momentum rows, one column per temperature."""
+  grid = list(entry["grid"].values())
+  paths = list(grid[0]["values"])
+  cols = list(dict.fromkeys(g["values"][paths[-1]] for g in grid))
+  rows = list(dict.fromkeys(tuple(g["values"][p] for p in paths[:-1]) for g in grid))
+  score = {tuple(g["values"][p] for p in paths): g["score"] for g in grid}
+  lines = ["", f"### {scenario}, joint ablation: {entry['label']}", "",
+           "Validation accuracy, mean of the selection seeds (rank 0: full rank); the chosen "
+           f"point, run on the report seeds above: {chosen_cell(entry)}.", "",
+           "| " + " | ".join(_short(p) for p in paths[:-1]) + " | "
+           + " | ".join(f"{_short(paths[-1])} {c:g}" for c in cols) + " |",
+           "|" + "---|" * (len(paths) - 1 + len(cols))]
+  for row in rows:
+    lines.append("| " + " | ".join(f"{v:g}" for v in row) + " | "
+                 + " | ".join(f"{score[(*row, c)]:.3f}" for c in cols) + " |")
+  return lines
 
 
 def plots(report: dict, out: Path, stem: str) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from fedjax_mm import metrics as metrics_lib
 from fedjax_mm.data import federated
 from fedjax_mm.experiment import methods as methods_lib
+from fedjax_mm.experiment import joint as joint_lib
 from fedjax_mm.experiment import overrides, protocol, references, tuning, workdirs
 from fedjax_mm.experiment.scenario_configs import OWN_CONFIGS, SMALL, scenario_config  # noqa: F401
 from fedjax_mm import setups
@@ -172,12 +173,10 @@ def method_runs(scenario: Scenario, key: str, workdir: Path, *, seeds: Sequence[
   """A method's tuned point and its report runs (``point``: given, e.g. an ablation's)."""
   method = methods_lib.METHODS[key]
   axes = [tuning.Axis(path, method.default(scenario.base, path)) for path in method.axes]
+  at_values = run_at_rates(scenario, key)
 
   def run_at(p, seed, split, rundir):
-    config = method_config(scenario.base, method, tuning.values(axes, p), seed)
-    if split == "validation":   # selection reads the final accuracy only: no curve
-      config.eval_every = 0
-    return run_one(config, rundir, scenario, split)
+    return at_values(tuning.values(axes, p), seed, split, rundir)
 
   out = tuned_runs(axes, run_at, workdir / scenario.name / key, tune=tune, seeds=seeds,
                    point=point)
@@ -229,12 +228,28 @@ def reference_runs(scenario: Scenario, workdir: Path, *, central_batch: int,
   return out
 
 
+def run_at_rates(scenario: Scenario, key: str) -> Callable[..., "dict | None"]:
+  """``(values, seed, split, rundir) -> result``: method ``key`` at config ``values``."""
+  method = methods_lib.METHODS[key]
+
+  def run_at(values, seed, split, rundir):
+    config = method_config(scenario.base, method, values, seed)
+    if split == "validation":   # selection reads the final accuracy only: no curve
+      config.eval_every = 0
+    return run_one(config, rundir, scenario, split)
+
+  return run_at
+
+
 def run_scenario(scenario: Scenario, keys: Sequence[str], workdir: Path, *, central_batch: int,
-                 seeds: Sequence[int], tune: bool, poll_s: float = 5.0) -> dict:
+                 seeds: Sequence[int], tune: bool, joint: Sequence[str] = (),
+                 poll_s: float = 5.0) -> dict:
   """Every run of one scenario (shared with other workers), then its report entry.
 
   Ablations run at Fed-CMP's chosen point (so they pair with it by seed); they
-  wait for it when "fedcmp" is among ``keys``.
+  wait for it when "fedcmp" is among ``keys``. Each variant of ``joint`` is
+  tuned over :data:`fedjax_mm.experiment.joint.JOINT_AXES` at Fed-CMP's
+  chosen rates (its defaults without "fedcmp"), entry ``<key>+joint``.
   """
   base = scenario.base
   while True:
@@ -248,6 +263,15 @@ def run_scenario(scenario: Scenario, keys: Sequence[str], workdir: Path, *, cent
         continue
       entries[key] = method_runs(scenario, key, workdir, seeds=seeds, tune=tune,
                                  point=cmp_point if key in methods_lib.ABLATIONS else None)
+    for key in joint:
+      if "fedcmp" in keys and entries["fedcmp"] is None:
+        entries[key + joint_lib.SUFFIX] = None
+        continue
+      rates = (entries["fedcmp"]["chosen"] if "fedcmp" in keys else
+               {p: methods_lib.METHODS[key].default(base, p) for p in methods_lib.METHODS[key].axes})
+      entries[key + joint_lib.SUFFIX] = joint_lib.joint_runs(
+          key, rates, run_at_rates(scenario, key), workdir / scenario.name / key / "joint",
+          seeds=seeds, score=accuracy)
     if refs is not None and all(e is not None for e in entries.values()):
       break
     time.sleep(poll_s)    # the rest is held by other workers: wait for their results

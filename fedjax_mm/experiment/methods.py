@@ -198,3 +198,11 @@ def ablations_arg(value: str) -> list[str]:
     return parse_methods(value, ABLATIONS)
   except ValueError as e:
     raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def ablations_or_fedcmp_arg(value: str) -> list[str]:
+  """argparse ``type=`` for Fed-CMP variants: ``"fedcmp"`` or names of :data:`ABLATIONS`."""
+  try:
+    return parse_methods(value, ("fedcmp", *ABLATIONS))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None

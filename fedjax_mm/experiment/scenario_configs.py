@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import ml_collections
 
@@ -15,19 +15,43 @@ ROOT = Path(__file__).resolve().parents[2]
 # the presets' 4,000: 20 clients, or the 8 silos with batches of 10 x 10 steps
 # and 1,000 rows each), validation and test on 100 clients each.
 SMALL = {"rounds": 30, "clients_per_round": 20, "eval_clients": 100, "silo_examples": 1_000}
-# Scenarios with a config file of their own (not a configs/scenarios.py preset),
-# run as configured at every scale: the positive control is already small.
-OWN_CONFIGS = {"interference": "configs/interference.py"}
+
+
+class OwnConfig(NamedTuple):
+  """A scenario with a config file of its own (not a ``configs/scenarios.py`` preset).
+
+  Attributes:
+    path: the config file, relative to the repository.
+    presets: ``{scale: the file's preset}`` ("small" / "presets"); a scale not
+      named runs the file's default.
+    report: the report files' suffix when the experiment runs only such
+      scenarios (``compare_<report>.md``).
+  """
+
+  path: str
+  presets: Mapping[str, str]
+  report: str
+
+
+# The positive control is already small (one size at every scale); the real
+# towers run their CPU preset at --scale small (20 clients, 8 rounds: about
+# 5 min a run on this 2-core box) and their GPU preset (10,000 clients, 500
+# rounds) at --scale presets.
+OWN_CONFIGS = {
+    "interference": OwnConfig("configs/interference.py", {}, "control"),
+    "real": OwnConfig("configs/fedma_real.py", {"small": "cpu", "presets": "gpu"}, "real"),
+}
 
 
 def scenario_config(name: str, *, scale: str, rounds: int | None = None,
                     override: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """``configs/scenarios.py:<name>`` at ``scale`` ("presets" or "small"), then ``override``.
 
-  A name of :data:`OWN_CONFIGS` loads that file instead, at its own size.
+  A name of :data:`OWN_CONFIGS` loads that file instead, its preset for ``scale``.
   """
   if name in OWN_CONFIGS:
-    config = config_files.load(ROOT / OWN_CONFIGS[name])
+    own = OWN_CONFIGS[name]
+    config = config_files.load(ROOT / own.path, own.presets.get(scale))
     if rounds:
       config.num_rounds = rounds
     return overrides.apply(config, override)
