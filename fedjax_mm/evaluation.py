@@ -95,3 +95,18 @@ def summarize(per_client: dict[str, np.ndarray], worst_fraction: float = 0.1
       "client_accuracy_worst10": float(worst.mean()) if acc.size else float("nan"),
       "client_accuracy_p10": float(np.percentile(acc, 10)) if acc.size else float("nan"),
   }
+
+
+def per_client_accuracy(per_client: dict[str, np.ndarray]) -> dict[str, list] | None:
+  """Each client's accuracy and test rows, in client order, from per-client sums.
+
+  What bootstrap intervals over clients resample: ``{"accuracy": [...],
+  "count": [...]}``, None for a client without test rows; None when the task
+  has no accuracy metric.
+  """
+  if "accuracy" not in per_client:
+    return None
+  count = np.asarray(per_client["count"], np.float64)
+  acc = np.asarray(per_client["accuracy"], np.float64) / np.maximum(count, 1)
+  return {"accuracy": [float(a) if c > 0 else None for a, c in zip(acc, count)],
+          "count": count.astype(int).tolist()}

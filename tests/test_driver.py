@@ -145,6 +145,17 @@ def test_return_trainable_is_the_model_the_final_eval_scored(tmp_path):
   again = evaluation.summarize(jax.device_get(eval_fn(trainable, jax.device_put(setup.test))))
   assert again["accuracy"] == pytest.approx(summary["final"]["eval_accuracy"], abs=1e-6)
   assert again["loss"] == pytest.approx(summary["final"]["eval_loss"], rel=1e-6)
+  # Each client's final accuracy, by hand from its own test rows' predictions.
+  sizes, offsets = np.asarray(setup.test.sizes), np.asarray(setup.test.offsets)
+  clients = summary["final_clients"]
+  assert clients["count"] == sizes.tolist()
+  for k in range(len(sizes)):
+    rows = jax.tree.map(lambda a: a[offsets[k]:offsets[k] + sizes[k]], setup.test.examples)
+    if not sizes[k]:
+      assert clients["accuracy"][k] is None
+      continue
+    want = np.mean(setup.task.per_example_metrics(trainable, setup.task.frozen, rows)["accuracy"])
+    assert clients["accuracy"][k] == pytest.approx(float(want), abs=1e-6)
   init = setup.task.init_trainable(jax.random.key(0))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trainable),
                                                    jax.tree.leaves(init)))

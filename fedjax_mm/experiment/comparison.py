@@ -123,8 +123,9 @@ def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario,
     else:
       history = metrics_lib.read(rundir)
       final = {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")}
-      if split == "test":   # the same numbers, plus each client's accuracy
-        final = scenario.evaluator(split)(jax.device_put(trainable))
+      if split == "test":   # each client's accuracy too (a resumed run evaluates again)
+        final = ({**final, "clients": summary["final_clients"]} if summary.get("final_clients")
+                 else scenario.evaluator(split)(jax.device_put(trainable)))
       result = {"final": final, **_diagnostics(history),
                 "curve": [(h["round"], h["eval_accuracy"]) for h in history
                           if "eval_accuracy" in h]}

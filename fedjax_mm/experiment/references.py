@@ -53,10 +53,7 @@ def evaluator(task: Task, test: federated.FederatedData, batch_size: int, *,
     sums = jax.device_get(fn(trainable, test, frozen))
     summary = evaluation.summarize(sums)
     if per_client:
-      count = np.asarray(sums["count"], np.float64)
-      acc = np.asarray(sums["accuracy"], np.float64) / np.maximum(count, 1)
-      summary["clients"] = {"accuracy": [float(a) if c > 0 else None for a, c in zip(acc, count)],
-                            "count": count.astype(int).tolist()}
+      summary["clients"] = evaluation.per_client_accuracy(sums)
     return summary
 
   return evaluate

@@ -184,13 +184,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start_round = int(run_state["server"].round)
   metrics_lib.rewrite(workdir, history)
 
-  def evaluate(trainable) -> dict[str, float]:
-    return evaluation.summarize(jax.device_get(eval_fn(trainable, test_dev, frozen)))
+  def evaluate(trainable) -> dict:
+    return jax.device_get(eval_fn(trainable, test_dev, frozen))   # per-client sums
 
   # --- Rounds. ----------------------------------------------------------------
   bar = tqdm.tqdm(total=config.num_rounds, initial=start_round, disable=not progress,
                   desc="rounds", unit="round", dynamic_ncols=True)
   train_seconds = 0.0
+  final_clients = None   # each client's final accuracy, when this run evaluated the last round
   for r in range(start_round, config.num_rounds):
     tick = time.perf_counter()
     server, pop, round_metrics = round_fn(
@@ -210,7 +211,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise
     is_last = r + 1 == config.num_rounds
     if is_last or (config.eval_every and (r + 1) % config.eval_every == 0):
-      record.update({f"eval_{k}": v for k, v in evaluate(server.trainable).items()})
+      sums = evaluate(server.trainable)
+      record.update({f"eval_{k}": v for k, v in evaluation.summarize(sums).items()})
+      if is_last:   # kept in the summary only: bootstrap intervals resample the clients
+        final_clients = evaluation.per_client_accuracy(sums)
     history.append(record)
     metrics_lib.append(workdir, record)
     ckpt.save(r + 1, run_state, {"history": history}, force=is_last)
@@ -228,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "resumed_from_round": start_round,
       "final": final,
       "best_eval_accuracy": max((h.get("eval_accuracy", 0.0) for h in history), default=0.0),
+      "final_clients": final_clients,
       "clients_ever_sampled": int(np.sum(np.asarray(pop.participations) > 0)),
       "nonfinite_updates_total": int(np.sum(pop.nonfinite_updates)),
       "wall_seconds": time.perf_counter() - started,
