@@ -170,7 +170,7 @@ def main() -> None:
   parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)   # its rank
   parser.add_argument("--no-budget-check", action="store_true",
                       help=f"skip {BUDGET_CHECK[1]} on the {BUDGET_CHECK[0]!r} preset "
-                           "(--quick skips it)")
+                           "(--quick, the control and the real towers skip it)")
   parser.add_argument("--plan", action="store_true",
                       help="print how many runs the protocol needs and the hours it takes at "
                            "--seconds-per-run over --workers, then exit")
@@ -189,6 +189,8 @@ def main() -> None:
     args.scenarios = QUICK["scenarios"] if args.quick else ",".join(SCENARIOS)
   if args.methods is None and args.scenarios == "interference":   # the positive control
     args.methods = list(methods.CONTROL)
+  if args.methods is None and args.scenarios == "real":           # ~7 min a run on a CPU
+    args.methods = list(methods.REAL)
   if args.methods is None:
     args.methods = methods.parse_methods(QUICK["methods"] if args.quick else
                                          ",".join(methods.COMPARED))
@@ -248,7 +250,10 @@ def main() -> None:
         joint=args.joint if ablated else ())
   report["scenarios"] = {name: entries[name] for name in names}
   report["settings"]["not_run"] = [name for name in SCENARIOS if name not in names]
-  if not (args.no_budget_check or args.quick):
+  # The budget check reads the presets' scenarios; the control and the real
+  # towers have budgets of their own.
+  own_only = set(names) <= set(comparison.OWN_CONFIGS)
+  if not (args.no_budget_check or args.quick or own_only):
     name, keys = BUDGET_CHECK
     print(f"== budget check: {name}", flush=True)
     report["budget_check"] = comparison.run_scenario(

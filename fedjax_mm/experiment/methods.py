@@ -160,6 +160,8 @@ COMPARED = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "scaffold", "f
             "feddyn", "fedexp", "fedacg", "ties", "knots", "regmean", "fedcmp")
 # The positive control's methods (experiments/compare_algorithms.py --scenarios interference).
 CONTROL = ("fedavg", "fedavgm", "fedadam", "ties", "knots", "cra_control", "fedcmp_control")
+# The real towers' methods on a CPU (experiments/compare_algorithms.py --scenarios real).
+REAL = ("fedavg", "fedavgm", "fedadam", "knots", "fedcmp")
 ABLATIONS = ("cra_only", "opm_only", "fedcmp_agreement", "fedcmp_inverse_variance",
              "fedcmp_uniform", "fedcmp_rank8", "fedcmp_full_rank", "fedcmp_no_procrustes",
              "fedcmp_weights", "fedcmp_span", "fedcmp_split", "fedcmp_motion",
