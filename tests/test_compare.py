@@ -114,3 +114,30 @@ def test_the_plan_counts_the_joint_ablation(monkeypatch, capsys):
   # fedavg: 9 points x 2 selection seeds + 5 report seeds per scenario; cra_only 5;
   # each joint variant 18 points x 2 selection seeds + 5.
   assert counts == [2 * (9 * 2 + 5) + 5, 2 * (9 * 2 + 5) + 5 + 2 * (18 * 2 + 5)]
+
+
+def test_cra_diagnostics_of_a_result_kept_without_them_are_read_back(tmp_path):
+  import ml_collections
+  run = tmp_path / "r"
+  run.mkdir()
+  (run / "result.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
+  rounds = [{"round": r, "canonical/effective_clients": 10.0 + r, "canonical/basis_cos2": 0.5}
+            for r in (1, 2)]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+  cra = ml_collections.ConfigDict({"aggregation": {"kind": "canonical"}})
+  got = comparison.run_one(cra, run, None, "test")
+  assert got["canonical"] == {"basis_cos2": [0.5, 0.5], "effective_clients": [11.0, 12.0]}
+  fedavg = ml_collections.ConfigDict({"aggregation": {"kind": "mean"}})
+  assert "canonical" not in comparison.run_one(fedavg, run, None, "test")
+
+
+def test_the_cra_table_averages_the_last_rounds_then_the_seeds():
+  from fedjax_mm.experiment import compare_report, report_tables
+  series = lambda v: {"explained_weighted": [0.0] * 7 + [v] * 3, "effective_clients": [v] * 10,
+                      "basis_cos2": [v] * 10, "basis_max_angle_deg": [90.0] * 10}
+  entries = {"fedcmp": {"label": "Fed-CMP", "runs": [{"canonical": series(0.4)},
+                                                     {"canonical": series(0.6)}]},
+             "fedavg": {"label": "FedAvg", "runs": [{}, {}]}}
+  lines = report_tables.canonical_table("domain", entries, compare_report.tail_mean)
+  assert lines[-1] == "| Fed-CMP | 0.500 | 0.500 | 0.500 | 90.000 |"    # FedAvg: no row
+  assert len(lines) == 6

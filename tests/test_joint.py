@@ -99,10 +99,10 @@ def test_a_scenario_runs_each_variant_jointly_at_fedcmps_chosen_rates(monkeypatc
 
 
 def test_the_report_tabulates_the_joint_grid(tmp_path):
-  from fedjax_mm.experiment import compare_report
+  from fedjax_mm.experiment import report_tables
   entry = joint.joint_runs("fedcmp", RATES, _fake([]), tmp_path, seeds=(100,),
                            score=comparison.accuracy)
-  lines = compare_report.joint_table("one_pass_concept", entry)
+  lines = report_tables.joint_table("one_pass_concept", entry)
   assert lines[5] == ("| canonical rank | opm momentum | canonical temperature 0.03 | "
                       "canonical temperature 0.1 | canonical temperature 1 |")
   rows = lines[7:]

@@ -18,7 +18,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from fedjax_mm.experiment import statistics
+from fedjax_mm.experiment import report_tables, statistics
+from fedjax_mm.experiment.report_tables import chosen_cell
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,18 +108,6 @@ def ranking(report: dict) -> dict | None:
           "chi2": float(test.chi2), "p": float(test.p_value),
           "iman_davenport_p": float(test.f_p_value), "cd": float(cd),
           "differ": [[keys[i], keys[j]] for i, j in groups.differ]}
-
-
-def _short(path: str) -> str:
-  return {"client.learning_rate": "client lr", "server.learning_rate": "server lr"}.get(
-      path, path.split(".")[-2] + " " + path.split(".")[-1])
-
-
-def chosen_cell(entry: dict) -> str:
-  """``client lr 0.009, server lr 1 (grid edge: client lr high)`` from the search's integers."""
-  cells = [f"{_short(p)} {v:.3g}" for p, v in entry["chosen"].items()]
-  edges = [f"{_short(p)} {e}" for p, e in zip(entry["axes"], entry["edges"]) if e]
-  return ", ".join(cells) + (f" (grid edge: {', '.join(edges)})" if edges else "")
 
 
 def _ci_cell(entry: dict, seed: int = 0) -> str:
@@ -214,9 +203,10 @@ def markdown(report: dict) -> str:
       label = ("ablation: " if m["ablation"] else "") + m["label"]
       lines.append(_row(label, {**m, "is_best": key == best}, sig.get(key), tail))
   for name, entry in report["scenarios"].items():
+    lines += report_tables.canonical_table(name, entry["methods"], tail_mean)
     for m in entry["methods"].values():
       if m.get("joint"):
-        lines += joint_table(name, m)
+        lines += report_tables.joint_table(name, m)
   rank = ranking(report)
   if rank:
     order = np.argsort(rank["mean_ranks"])
@@ -232,25 +222,6 @@ def markdown(report: dict) -> str:
     pairs = ", ".join(f"{first[a]['label']} vs {first[b]['label']}" for a, b in rank["differ"])
     lines += ["", f"Pairs whose mean ranks differ by at least the CD: {pairs or 'none'}."]
   return "\n".join(lines) + "\n"
-
-
-def joint_table(scenario: str, entry: dict) -> list[str]:
-  """A joint ablation's validation scores: rank x momentum rows, one column per temperature."""
-  grid = list(entry["grid"].values())
-  paths = list(grid[0]["values"])
-  cols = list(dict.fromkeys(g["values"][paths[-1]] for g in grid))
-  rows = list(dict.fromkeys(tuple(g["values"][p] for p in paths[:-1]) for g in grid))
-  score = {tuple(g["values"][p] for p in paths): g["score"] for g in grid}
-  lines = ["", f"### {scenario}, joint ablation: {entry['label']}", "",
-           "Validation accuracy, mean of the selection seeds (rank 0: full rank); the chosen "
-           f"point, run on the report seeds above: {chosen_cell(entry)}.", "",
-           "| " + " | ".join(_short(p) for p in paths[:-1]) + " | "
-           + " | ".join(f"{_short(paths[-1])} {c:g}" for c in cols) + " |",
-           "|" + "---|" * (len(paths) - 1 + len(cols))]
-  for row in rows:
-    lines.append("| " + " | ".join(f"{v:g}" for v in row) + " | "
-                 + " | ".join(f"{score[(*row, c)]:.3f}" for c in cols) + " |")
-  return lines
 
 
 def plots(report: dict, out: Path, stem: str) -> None:

@@ -17,18 +17,13 @@ so workers share the work and an interrupted experiment resumes.
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
-from fedjax_mm import metrics as metrics_lib
 from fedjax_mm.data import federated
 from fedjax_mm.experiment import methods as methods_lib
 from fedjax_mm.experiment import joint as joint_lib
@@ -36,22 +31,9 @@ from fedjax_mm.experiment import overrides, protocol, references, tuning, workdi
 from fedjax_mm.experiment.scenario_configs import OWN_CONFIGS, SMALL, scenario_config  # noqa: F401
 from fedjax_mm import setups
 from fedjax_mm.setups import fedma
-from fedjax_mm.simulation import driver, validation
+from fedjax_mm.experiment.runs import accuracy, method_config, run_one  # noqa: F401
 
 SPLITS = ("validation", "test")
-
-
-def method_config(base: ml_collections.ConfigDict, method: methods_lib.Method,
-                  values: Mapping[str, float], seed: int) -> ml_collections.ConfigDict:
-  """``base`` with the method's overrides, the grid point's ``values`` and ``seed``, validated."""
-  config = overrides.apply_values(base, {**method.overrides, **values, "seed": seed})
-  validation.validate(config)
-  return config
-
-
-def accuracy(result: dict) -> float:
-  """A run's final accuracy; -inf for a diverged run (never the best grid point)."""
-  return result["final"].get("accuracy", -math.inf) if "diverged" not in result else -math.inf
 
 
 class Scenario:
@@ -98,42 +80,6 @@ class Scenario:
       self._evaluators[split] = references.evaluator(
           s.task, s.test, self.base.eval_batch_size, per_client=split == "test")
     return self._evaluators[split]
-
-
-def _diagnostics(history: list[dict]) -> dict:
-  """The run's trajectory: applied-update and pseudo-gradient cosines, path efficiency."""
-  last = history[-1] if history else {}
-  return {"cosine": [h.get("update_cosine") for h in history],
-          "pg_cosine": [h.get("pseudo_gradient_cosine") for h in history],
-          "path_efficiency": last.get("path_efficiency")}
-
-
-def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario,
-            split: str) -> dict | None:
-  """One federated run, kept in ``rundir/result.json`` (None: another worker has it)."""
-
-  def compute() -> dict:
-    tick = time.perf_counter()
-    try:
-      summary, trainable = driver.train_and_evaluate(
-          config, str(rundir), setup=scenario.setup(split), progress=False,
-          return_trainable=True)
-    except driver.NonFiniteError as e:   # a diverging grid point: recorded, never averaged
-      result = {"diverged": str(e), "final": {}, "curve": []}
-    else:
-      history = metrics_lib.read(rundir)
-      final = {k[5:]: v for k, v in summary["final"].items() if k.startswith("eval_")}
-      if split == "test":   # each client's accuracy too (a resumed run evaluates again)
-        final = ({**final, "clients": summary["final_clients"]} if summary.get("final_clients")
-                 else scenario.evaluator(split)(jax.device_put(trainable)))
-      result = {"final": final, **_diagnostics(history),
-                "curve": [(h["round"], h["eval_accuracy"]) for h in history
-                          if "eval_accuracy" in h]}
-    for ckpt in rundir.glob("checkpoints"):   # results are kept; checkpoints are not
-      shutil.rmtree(ckpt, ignore_errors=True)
-    return {**result, "seconds": time.perf_counter() - tick, "pid": os.getpid()}
-
-  return workdirs.kept(rundir, "result.json", compute)
 
 
 RunAt = Callable[[tuning.Point, int, str, Path], "dict | None"]
