@@ -189,7 +189,7 @@ def main() -> None:
     args.scenarios = QUICK["scenarios"] if args.quick else ",".join(SCENARIOS)
   if args.methods is None and args.scenarios == "interference":   # the positive control
     args.methods = list(methods.CONTROL)
-  if args.methods is None and args.scenarios == "real":           # ~7 min a run on a CPU
+  if args.methods is None and args.scenarios == "real":           # minutes a run on a CPU
     args.methods = list(methods.REAL)
   if args.methods is None:
     args.methods = methods.parse_methods(QUICK["methods"] if args.quick else

@@ -71,20 +71,13 @@ def _script():
   return script
 
 
-def test_workers_must_be_positive(monkeypatch, capsys):
+@pytest.mark.parametrize("flag", ["--workers", "--seeds"])
+def test_counts_must_be_positive(flag, monkeypatch, capsys):
   script = _script()
-  monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--workers", "0"])
+  monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", flag, "0"])
   with pytest.raises(SystemExit):
     script.main()
-  assert "--workers: must be >= 1, got 0" in capsys.readouterr().err
-
-
-def test_seeds_must_be_positive(monkeypatch, capsys):
-  script = _script()
-  monkeypatch.setattr(sys, "argv", ["compare_algorithms.py", "--seeds", "0"])
-  with pytest.raises(SystemExit):
-    script.main()
-  assert "--seeds: must be >= 1, got 0" in capsys.readouterr().err
+  assert f"{flag}: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_own_config_scenarios_alone_get_reports_of_their_own():
@@ -118,17 +111,19 @@ def test_the_plan_counts_the_joint_ablation(monkeypatch, capsys):
 
 def test_cra_diagnostics_of_a_result_kept_without_them_are_read_back(tmp_path):
   import ml_collections
-  run = tmp_path / "r"
-  run.mkdir()
-  (run / "result.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
   rounds = [{"round": r, "canonical/effective_clients": 10.0 + r, "canonical/basis_cos2": 0.5}
             for r in (1, 2)]
-  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+  for name in ("cra", "fedavg"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "result.json").write_text(json.dumps({"final": {"accuracy": 0.5}}))
+    (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
   cra = ml_collections.ConfigDict({"aggregation": {"kind": "canonical"}})
-  got = comparison.run_one(cra, run, None, "test")
+  got = comparison.run_one(cra, tmp_path / "cra", None, "test")
   assert got["canonical"] == {"basis_cos2": [0.5, 0.5], "effective_clients": [11.0, 12.0]}
+  # Read back once: the kept result now holds them.
+  assert json.loads((tmp_path / "cra" / "result.json").read_text()) == got
   fedavg = ml_collections.ConfigDict({"aggregation": {"kind": "mean"}})
-  assert "canonical" not in comparison.run_one(fedavg, run, None, "test")
+  assert "canonical" not in comparison.run_one(fedavg, tmp_path / "fedavg", None, "test")
 
 
 def test_the_cra_table_averages_the_last_rounds_then_the_seeds():

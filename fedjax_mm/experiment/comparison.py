@@ -214,8 +214,9 @@ def run_scenario(scenario: Scenario, keys: Sequence[str], workdir: Path, *, cent
       if "fedcmp" in keys and entries["fedcmp"] is None:
         entries[key + joint_lib.SUFFIX] = None
         continue
+      variant = methods_lib.METHODS[key]
       rates = (entries["fedcmp"]["chosen"] if "fedcmp" in keys else
-               {p: methods_lib.METHODS[key].default(base, p) for p in methods_lib.METHODS[key].axes})
+               {path: variant.default(base, path) for path in variant.axes})
       entries[key + joint_lib.SUFFIX] = joint_lib.joint_runs(
           key, rates, run_at_rates(scenario, key), workdir / scenario.name / key / "joint",
           seeds=seeds, score=accuracy)

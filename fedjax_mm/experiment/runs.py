@@ -84,9 +84,8 @@ def run_one(config: ml_collections.ConfigDict, rundir: Path, scenario: Scenario,
   if (result is not None and "canonical" not in result and "diverged" not in result
       and (rundir / metrics_lib.METRICS_FILE).exists()
       and config.aggregation.kind == "canonical"):
-    # Kept by a version that did not record CRA's diagnostics: read them back.
-    result.update({k: v for k, v in _diagnostics(metrics_lib.read(rundir)).items()
-                   if k == "canonical"})
+    # Kept by a version that did not record CRA's diagnostics: read them back
+    # once, into the kept result (workers polling for results read it again).
+    result["canonical"] = _diagnostics(metrics_lib.read(rundir)).get("canonical", {})
+    workdirs.write(rundir, "result.json", result)
   return result
-
-

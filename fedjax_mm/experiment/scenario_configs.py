@@ -34,8 +34,8 @@ class OwnConfig(NamedTuple):
 
 
 # The positive control is already small (one size at every scale); the real
-# towers run their CPU preset at --scale small (20 clients, 8 rounds: about
-# 5 min a run on this 2-core box) and their GPU preset (10,000 clients, 500
+# towers run their CPU preset at --scale small (20 clients, 8 rounds: minutes
+# a run on a 2-core box) and their GPU preset (10,000 clients, 500
 # rounds) at --scale presets.
 OWN_CONFIGS = {
     "interference": OwnConfig("configs/interference.py", {}, "control"),

@@ -67,8 +67,17 @@ def kept(rundir: Path, filename: str, compute: Callable[[], dict]) -> dict | Non
   if not claim(rundir):
     return None
   if not done.exists():             # it may have finished between the check and the claim
-    tmp = rundir / f"{filename}.tmp"
-    tmp.write_text(json.dumps(compute()))
-    tmp.replace(done)
+    write(rundir, filename, compute())
   (rundir / CLAIM).unlink(missing_ok=True)
   return json.loads(done.read_text())
+
+
+def write(rundir: Path, filename: str, data: dict) -> None:
+  """``rundir/filename`` as JSON, atomically: a reader sees the old file or the new one.
+
+  The temporary file is this process's own, so two workers writing the same
+  result at once cannot interleave their bytes.
+  """
+  tmp = rundir / f"{filename}.{os.getpid()}.tmp"
+  tmp.write_text(json.dumps(data))
+  tmp.replace(rundir / filename)
